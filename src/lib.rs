@@ -1,0 +1,11 @@
+//! dhid: the DHIS R5 client daemon.
+//!
+//! The protocol core (`record`, `engine`) does no I/O: it takes events and
+//! the current time and returns datagrams, deadlines and events. The daemon
+//! (`daemon`) owns the socket, the clock, signals and hooks around it.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod qrc;
+pub mod wire;

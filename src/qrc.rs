@@ -1,0 +1,332 @@
+//! QRC arithmetic: the square-root challenge of PROTOCOL.md section 7.
+//!
+//! The server knows N = P·Q and sends Y = X² mod N; the client, holding the
+//! primes P ≡ Q ≡ 3 (mod 4), answers the one square root of Y that is itself
+//! a quadratic residue mod P and mod Q (the "principal" root), the only one
+//! dhisd accepts.
+
+use std::fmt;
+
+use num_bigint::BigUint;
+use num_traits::{One, ToPrimitive, Zero};
+
+use crate::wire::{NUMBER_LEN, Number};
+
+/// Why a key pair cannot be used. Shown to the administrator at load time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyError {
+    NotDecimal { which: char },
+    NotPrime { which: char },
+    Not3Mod4 { which: char },
+    Equal,
+    TooLarge { digits: usize },
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyError::NotDecimal { which } => {
+                write!(f, "Auth{which} must be decimal digits only")
+            }
+            KeyError::NotPrime { which } => write!(f, "Auth{which} is not a prime"),
+            KeyError::Not3Mod4 { which } => {
+                write!(f, "Auth{which} is not 3 mod 4, so it cannot answer QRC challenges")
+            }
+            KeyError::Equal => f.write_str("AuthP and AuthQ are the same number"),
+            KeyError::TooLarge { digits } => write!(
+                f,
+                "AuthP x AuthQ has {digits} digits, more than the {NUMBER_LEN} the protocol carries"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// A validated private key with what the square root needs precomputed.
+#[derive(Clone)]
+pub struct QrcKey {
+    p: BigUint,
+    q: BigUint,
+    n: BigUint,
+    exp_p: BigUint,
+    exp_q: BigUint,
+    q_inv_p: BigUint,
+}
+
+impl fmt::Debug for QrcKey {
+    // The primes are the secret; only the public modulus's size is shown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QrcKey({} digit modulus)", self.n.to_str_radix(10).len())
+    }
+}
+
+impl PartialEq for QrcKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.p == other.p && self.q == other.q
+    }
+}
+
+impl Eq for QrcKey {}
+
+fn parse_decimal(text: &str, which: char) -> Result<BigUint, KeyError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(KeyError::NotDecimal { which });
+    }
+    BigUint::parse_bytes(text.as_bytes(), 10).ok_or(KeyError::NotDecimal { which })
+}
+
+impl QrcKey {
+    pub fn from_decimal(p: &str, q: &str) -> Result<QrcKey, KeyError> {
+        QrcKey::new(parse_decimal(p, 'P')?, parse_decimal(q, 'Q')?)
+    }
+
+    pub fn new(p: BigUint, q: BigUint) -> Result<QrcKey, KeyError> {
+        for (which, x) in [('P', &p), ('Q', &q)] {
+            if !is_probable_prime(x) {
+                return Err(KeyError::NotPrime { which });
+            }
+            if x % 4u32 != BigUint::from(3u32) {
+                return Err(KeyError::Not3Mod4 { which });
+            }
+        }
+        if p == q {
+            return Err(KeyError::Equal);
+        }
+        let n = &p * &q;
+        let digits = n.to_str_radix(10).len();
+        if digits > NUMBER_LEN {
+            return Err(KeyError::TooLarge { digits });
+        }
+
+        let exp_p = (&p + 1u32) >> 2;
+        let exp_q = (&q + 1u32) >> 2;
+        let q_inv_p = (&q % &p).modinv(&p).expect("distinct primes are coprime");
+        Ok(QrcKey { p, q, n, exp_p, exp_q, q_inv_p })
+    }
+
+    pub fn modulus(&self) -> &BigUint {
+        &self.n
+    }
+
+    /// The principal square root of `y` mod N, by CRT.
+    pub fn principal_root(&self, y: &BigUint) -> BigUint {
+        let a = (y % &self.p).modpow(&self.exp_p, &self.p);
+        let b = (y % &self.q).modpow(&self.exp_q, &self.q);
+
+        // Garner: x = b + q·((a − b)·q⁻¹ mod p), which is < N.
+        let diff = (&a + &self.p - (&b % &self.p)) % &self.p;
+        let h = (diff * &self.q_inv_p) % &self.p;
+        b + h * &self.q
+    }
+
+    /// The AUTH_SX field answering an AUTH_SY field: exactly 200 digits.
+    pub fn answer(&self, challenge: &Number) -> Number {
+        let y = parse_challenge(challenge.digits()) % &self.n;
+        to_number(&self.principal_root(&y))
+    }
+}
+
+/// Read Y as dhisd writes it and the C client read it: leading blanks, then
+/// digits up to the first other byte. An empty challenge reads as zero.
+fn parse_challenge(field: &[u8]) -> BigUint {
+    let start = field.iter().position(|b| *b != b' ').unwrap_or(field.len());
+    let field = &field[start..];
+    let end = field.iter().position(|b| !b.is_ascii_digit()).unwrap_or(field.len());
+    BigUint::parse_bytes(&field[..end], 10).unwrap_or_default()
+}
+
+/// A number below 10^200 as 200 digits, zero-padded on the left.
+pub fn to_number(x: &BigUint) -> Number {
+    let digits = x.to_str_radix(10);
+    assert!(digits.len() <= NUMBER_LEN, "QRC values are reduced mod N < 10^200");
+    let mut field = [b'0'; NUMBER_LEN];
+    field[NUMBER_LEN - digits.len()..].copy_from_slice(digits.as_bytes());
+    Number(field)
+}
+
+const SMALL_PRIMES: [u32; 24] = [
+    2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53, 59, 61, 67, 71, 73, 79, 83, 89,
+];
+
+/// Miller-Rabin with 24 fixed prime bases and 16 more derived from `n`.
+/// The keys come from the administrator's own file, so the test guards
+/// against typos and wrong numbers, not against a crafted pseudoprime.
+pub fn is_probable_prime(n: &BigUint) -> bool {
+    if n < &BigUint::from(2u32) {
+        return false;
+    }
+    for p in SMALL_PRIMES {
+        if n % p == BigUint::zero() {
+            return n == &BigUint::from(p);
+        }
+    }
+
+    let one = BigUint::one();
+    let n_minus_1 = n - &one;
+    let s = n_minus_1.trailing_zeros().expect("n is odd and above 2");
+    let d = &n_minus_1 >> s;
+
+    let mut seed = n.iter_u64_digits().next().unwrap_or(1);
+    let derived = (0..16).map(|_| {
+        seed = splitmix64(seed);
+        BigUint::from(seed) % (n - 3u32) + 2u32
+    });
+    let bases = SMALL_PRIMES.iter().map(|&p| BigUint::from(p)).chain(derived);
+    'bases: for a in bases {
+        let mut x = a.modpow(&d, n);
+        if x == one || x == n_minus_1 {
+            continue;
+        }
+        for _ in 1..s {
+            x = (&x * &x) % n;
+            if x == n_minus_1 {
+                continue 'bases;
+            }
+        }
+        return false;
+    }
+    true
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A random prime of exactly `digits` decimal digits that is 3 mod 4.
+/// `fill` supplies random bytes (the operating system's source in dhid).
+pub fn random_prime_3mod4(digits: usize, fill: &mut dyn FnMut(&mut [u8])) -> BigUint {
+    let low = BigUint::from(10u32).pow(digits as u32 - 1);
+    let span = &low * 9u32;
+    let mut bytes = vec![0; digits / 2 + 16];
+    loop {
+        fill(&mut bytes);
+        let mut x = &low + BigUint::from_bytes_be(&bytes) % &span;
+        let rem = (&x % 4u32).to_u32().expect("a remainder mod 4 fits");
+        x += (7 - rem) % 4;
+        // Walk up in steps of 4 from the random start: a 100-digit prime
+        // 3 mod 4 turns up within a few hundred steps.
+        for _ in 0..2000 {
+            if x.to_str_radix(10).len() != digits {
+                break;
+            }
+            if is_probable_prime(&x) {
+                return x;
+            }
+            x += 4u32;
+        }
+    }
+}
+
+/// Format a number as dhid.conf or dhis.db lines of at most `width` digits.
+pub fn split_lines(keyword: &str, value: &BigUint, width: usize, pad_to: usize) -> Vec<String> {
+    let mut digits = value.to_str_radix(10);
+    if digits.len() < pad_to {
+        digits = format!("{}{digits}", "0".repeat(pad_to - digits.len()));
+    }
+    digits
+        .as_bytes()
+        .chunks(width)
+        .map(|chunk| format!("{keyword} {}", String::from_utf8_lossy(chunk)))
+        .collect()
+}
+
+impl QrcKey {
+    pub fn p(&self) -> &BigUint {
+        &self.p
+    }
+
+    pub fn q(&self) -> &BigUint {
+        &self.q
+    }
+
+    /// True if `x` is even a square root of `y`; used by tests and the
+    /// test server to check answers.
+    pub fn is_root(&self, x: &BigUint, y: &BigUint) -> bool {
+        (x * x) % &self.n == y % &self.n
+    }
+}
+
+/// Check an answer the way dhisd does, knowing only N: the root must be
+/// the principal one, which the server knows because it chose X.
+pub fn check_answer(expected_x: &BigUint, answer: &Number) -> bool {
+    parse_challenge(answer.digits()) == *expected_x
+}
+
+pub fn parse_number(field: &Number) -> BigUint {
+    parse_challenge(field.digits())
+}
+
+/// Whether `x` is a quadratic residue mod the prime `p` (Euler's criterion).
+pub fn is_residue(x: &BigUint, p: &BigUint) -> bool {
+    let x = x % p;
+    x.is_zero() || x.modpow(&((p - 1u32) >> 1), p).is_one()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use num_integer::Integer;
+
+    // The keys of ../shared/tools/keys1.json, used in CAPTURES.md section 3.
+    pub const P: &str = "15449893736667232178307889299179416633465749433683\
+                         80824753093935890394130302442363034824844794389731";
+    pub const Q: &str = "99435236198937884453866216967234063277242682229044\
+                         05650918559261780062297024431052235518351362273691";
+
+    #[test]
+    fn small_primes_and_composites() {
+        let primes = [2u32, 3, 7, 11, 97, 7919, 104729];
+        for p in primes {
+            assert!(is_probable_prime(&BigUint::from(p)), "{p}");
+        }
+        for c in [0u32, 1, 4, 9, 561, 1105, 7917, 104730] {
+            assert!(!is_probable_prime(&BigUint::from(c)), "{c}");
+        }
+        // 3215031751 = 151·751·28351 is a strong pseudoprime to 2, 3, 5, 7.
+        assert!(!is_probable_prime(&BigUint::from(3_215_031_751u64)));
+    }
+
+    #[test]
+    fn key_validation_names_the_fault() {
+        assert_eq!(QrcKey::from_decimal("7", "11").map(|_| ()), Ok(()));
+        assert_eq!(QrcKey::from_decimal("13", "11"), Err(KeyError::Not3Mod4 { which: 'P' }));
+        assert_eq!(QrcKey::from_decimal("7", "15"), Err(KeyError::NotPrime { which: 'Q' }));
+        assert_eq!(QrcKey::from_decimal("7", "7"), Err(KeyError::Equal));
+        assert_eq!(QrcKey::from_decimal("7a", "11"), Err(KeyError::NotDecimal { which: 'P' }));
+        assert_eq!(QrcKey::from_decimal("", "11"), Err(KeyError::NotDecimal { which: 'P' }));
+    }
+
+    #[test]
+    fn principal_root_is_a_residue_root() {
+        let key = QrcKey::from_decimal("7", "11").unwrap();
+        for x in 1u32..77 {
+            let y = BigUint::from(x * x % 77);
+            let r = key.principal_root(&y);
+            if y.is_zero() || !y.gcd(key.modulus()).is_one() {
+                continue;
+            }
+            assert!(key.is_root(&r, &y), "x={x}");
+            assert!(is_residue(&r, key.p()) && is_residue(&r, key.q()), "x={x}");
+        }
+    }
+
+    #[test]
+    fn answer_is_exactly_200_digits() {
+        let key = QrcKey::from_decimal("7", "11").unwrap();
+        let mut challenge = [0u8; NUMBER_LEN];
+        challenge[..2].copy_from_slice(b"16");
+        let answer = key.answer(&Number(challenge));
+        assert_eq!(answer.digits().len(), NUMBER_LEN);
+        assert_eq!(parse_number(&answer), BigUint::from(4u32));
+    }
+
+    #[test]
+    fn capture_keys_are_valid() {
+        assert!(QrcKey::from_decimal(P, Q).is_ok());
+    }
+}
