@@ -1,1 +1,274 @@
-fn main() {}
+//! The dhid command: options, start-up, detaching, and exit status.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use log::{error, info, warn};
+
+use dhid::config::{self, Auth, Config};
+use dhid::daemon::{self, Daemon};
+use dhid::pidfile::PidFile;
+use dhid::{logging, qrc};
+
+/// DHIS R5 client: keeps this host's dynamic address registered with a
+/// DHIS server.
+#[derive(Parser, Debug)]
+#[command(name = "dhid", version, disable_version_flag = true)]
+struct Cli {
+    /// Configuration file
+    #[arg(short = 'f', value_name = "FILE", default_value = "/etc/dhid.conf")]
+    config: PathBuf,
+
+    /// UDP port to listen on and send from (the server answers to it)
+    #[arg(short = 'p', value_name = "PORT", default_value_t = config::DEFAULT_PORT,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    port: u16,
+
+    /// Pid file
+    #[arg(short = 'P', value_name = "FILE", default_value = "/var/run/dhid.pid")]
+    pidfile: PathBuf,
+
+    /// Stay in the foreground and log to stderr
+    #[arg(short = 'F', long = "foreground")]
+    foreground: bool,
+
+    /// More log detail (repeat for more)
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Check the configuration file and exit
+    #[arg(short = 't', long = "check")]
+    check: bool,
+
+    /// Print a new QRC key pair for dhid.conf and the server's dhis.db
+    #[arg(long = "genkeys")]
+    genkeys: bool,
+
+    /// Print the version
+    #[arg(short = 'V', long = "version")]
+    version: bool,
+}
+
+/// Exit status for a bad command line, as getopt-style tools use.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // The old manual page documented -l for the config file; say what
+    // replaced it instead of clap's generic complaint.
+    if std::env::args().skip(1).any(|a| a == "-l" || a.starts_with("-l")) {
+        eprintln!("dhid: -l is not an option; give the configuration file with -f FILE");
+        eprintln!("Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]");
+        return ExitCode::from(USAGE);
+    }
+    let cli = Cli::parse();
+
+    if cli.version {
+        println!("dhid {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    if cli.genkeys {
+        return genkeys();
+    }
+    if cli.check {
+        return check(&cli.config);
+    }
+    match start(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(()) => ExitCode::FAILURE,
+    }
+}
+
+fn print_errors(errors: &[config::ConfigError]) {
+    for e in errors {
+        eprintln!("dhid: {e}");
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &config.warnings {
+        eprintln!("dhid: {}:{}: warning: {}", path.display(), w.line, w.message);
+    }
+    for r in &config.records {
+        let servers: Vec<String> = r.servers.iter().map(|s| s.to_string()).collect();
+        let auth = match &r.auth {
+            Auth::Password(p) => format!("password ({} characters)", p.chars().count()),
+            Auth::Qrc(_) => "QRC".to_string(),
+        };
+        println!("HostID {}: {auth}, servers {}", r.hostid, servers.join(" "));
+    }
+    println!("configuration OK");
+    ExitCode::SUCCESS
+}
+
+fn genkeys() -> ExitCode {
+    let mut urandom = match std::fs::File::open("/dev/urandom") {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("dhid: cannot open /dev/urandom: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut fill = |buf: &mut [u8]| urandom.read_exact(buf).expect("/dev/urandom reads");
+    let p = qrc::random_prime_3mod4(100, &mut fill);
+    let q = loop {
+        let q = qrc::random_prime_3mod4(100, &mut fill);
+        if q != p {
+            break q;
+        }
+    };
+    let n = &p * &q;
+    println!("; dhid.conf, inside the host's record (keep these secret)");
+    for line in qrc::split_lines("AuthP", &p, 50, 0).iter().chain(&qrc::split_lines("AuthQ", &q, 50, 0)) {
+        println!("{line}");
+    }
+    println!("; dhis.db, the server's record for the host");
+    for line in qrc::split_lines("AuthN", &n, 50, 200) {
+        println!("{line}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn load(path: &Path) -> Result<Config, ()> {
+    let config = config::load(path).map_err(|errors| {
+        print_errors(&errors);
+        for e in &errors {
+            error!("{e}");
+        }
+    })?;
+    for w in &config.warnings {
+        warn!("{}:{}: {}", path.display(), w.line, w.message);
+    }
+    Ok(config)
+}
+
+fn start(cli: &Cli) -> Result<(), ()> {
+    let level = logging::level_for(cli.verbose);
+    if cli.foreground {
+        logging::init_stderr(level);
+    } else if !logging::syslog_available() {
+        eprintln!("dhid: no syslog socket (/dev/log); running without a log");
+    }
+
+    // Everything that can fail for a reason the administrator must fix
+    // happens before detaching, so the exit status tells.
+    let config = load(&cli.config)?;
+    let socket = daemon::bind(cli.port).map_err(|e| {
+        let msg = format!("failed to open incoming udp socket on port {}: {e}", cli.port);
+        eprintln!("dhid: {msg}");
+        error!("{msg}");
+    })?;
+
+    let ready = if cli.foreground { None } else { Some(detach()?) };
+    if !cli.foreground {
+        logging::init_syslog(level);
+    }
+    info!("daemon started");
+    for w in &config.warnings {
+        warn!("{}:{}: {}", cli.config.display(), w.line, w.message);
+    }
+
+    let pidfile = match PidFile::create(&cli.pidfile) {
+        Ok((pidfile, stale)) => {
+            if let Some(pid) = stale {
+                info!("replaced stale pid file {} (pid {pid} is gone)", cli.pidfile.display());
+            }
+            pidfile
+        }
+        Err(msg) => {
+            error!("{msg}");
+            report(ready, Err(msg));
+            return Err(());
+        }
+    };
+
+    let mut daemon = match Daemon::new(socket, config.records, cli.port) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = format!("cannot start: {e}");
+            error!("{msg}");
+            report(ready, Err(msg));
+            pidfile.remove();
+            return Err(());
+        }
+    };
+    report(ready, Ok(()));
+
+    let result = daemon.run();
+    pidfile.remove();
+    log::logger().flush();
+    match result {
+        Ok(daemon::Exit::Shutdown) => Ok(()),
+        Err(e) => {
+            error!("poll loop failed: {e}");
+            Err(())
+        }
+    }
+}
+
+/// Tell the waiting parent how start-up went, then leave the terminal.
+fn report(ready: Option<OwnedFd>, result: Result<(), String>) {
+    let Some(fd) = ready else { return };
+    let mut pipe = std::fs::File::from(fd);
+    let _ = match &result {
+        Ok(()) => pipe.write_all(b"ok\n"),
+        Err(msg) => pipe.write_all(format!("{msg}\n").as_bytes()),
+    };
+    drop(pipe);
+    if result.is_ok() {
+        let _ = redirect_stdio();
+    }
+}
+
+fn redirect_stdio() -> nix::Result<()> {
+    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+    nix::unistd::dup2_stdin(&null)?;
+    nix::unistd::dup2_stdout(&null)?;
+    nix::unistd::dup2_stderr(&null)
+}
+
+/// Fork; the parent waits until the child reports start-up and exits with
+/// its status, so `dhid && echo started` means it. The child becomes a
+/// session leader in `/`.
+fn detach() -> Result<OwnedFd, ()> {
+    let (read, write) = nix::unistd::pipe().map_err(|e| eprintln!("dhid: pipe: {e}"))?;
+    // SAFETY: no other thread exists yet (the resolver and signal handlers
+    // are set up after this), so the child may run arbitrary code.
+    #[allow(unsafe_code)]
+    let fork = unsafe { nix::unistd::fork() };
+    match fork {
+        Err(e) => {
+            eprintln!("dhid: fork: {e}");
+            Err(())
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(write);
+            let mut text = String::new();
+            let _ = std::fs::File::from(read).read_to_string(&mut text);
+            if text == "ok\n" {
+                std::process::exit(0);
+            }
+            if text.is_empty() {
+                eprintln!("dhid: the daemon died during start-up");
+            } else {
+                eprint!("dhid: {text}");
+            }
+            std::process::exit(1);
+        }
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(read);
+            let _ = nix::unistd::setsid();
+            let _ = std::env::set_current_dir("/");
+            Ok(write)
+        }
+    }
+}

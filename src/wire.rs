@@ -277,6 +277,14 @@ impl Datagram {
     }
 }
 
+impl PartialEq for Datagram {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for Datagram {}
+
 impl fmt::Debug for Datagram {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match decode(self.as_bytes()) {

@@ -1,0 +1,322 @@
+//! The poll loop: one UDP socket, one timer on CLOCK_BOOTTIME, the signal
+//! pipe and the resolver, around the I/O-free engine. It sleeps until a
+//! datagram, a signal, a name or the next deadline; nothing wakes it
+//! periodically.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use log::{debug, error, info, warn};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::time::TimeSpec;
+use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
+use nix::time::clock_gettime;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::RecordConfig;
+use crate::engine::Engine;
+use crate::hooks::{self, Facts, Hooks, Kind};
+use crate::record::{Event, OfflineReason, Policy, Time, Transmit};
+use crate::resolver::Resolver;
+use crate::signals::{Sig, Signals};
+
+/// Receive buffer asked for: room for the answers to a burst of logins.
+const RCVBUF: usize = 4 << 20;
+
+/// The clock of every deadline: monotonic, and counting suspended time, so
+/// that after a resume dhid knows the server has timed it out.
+pub fn now() -> Time {
+    let ts = clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME exists on Linux");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// Bind the one UDP socket every datagram of dhid leaves from.
+pub fn bind(port: u16) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    // As root the limit of net.core.rmem_max does not apply.
+    let force = nix::sys::socket::sockopt::RcvBufForce;
+    if nix::sys::socket::setsockopt(&socket, force, &RCVBUF).is_err() {
+        let _ = socket.set_recv_buffer_size(RCVBUF);
+    }
+    let addr = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+    socket.bind(&SockAddr::from(addr))?;
+    Ok(socket.into())
+}
+
+/// How a run of the loop ended.
+pub enum Exit {
+    /// TERM or INT: records taken offline, hooks waited for.
+    Shutdown,
+}
+
+pub struct Daemon {
+    socket: UdpSocket,
+    timer: TimerFd,
+    signals: Signals,
+    resolver: Resolver,
+    engine: Engine,
+    configs: Vec<RecordConfig>,
+    hooks: Hooks,
+    outbox: std::collections::VecDeque<Transmit>,
+    shutdown_by: Option<Time>,
+}
+
+fn seed() -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = io::Read::read_exact(&mut f, &mut bytes);
+    }
+    u64::from_ne_bytes(bytes) ^ u64::from(std::process::id())
+}
+
+impl Daemon {
+    pub fn new(socket: UdpSocket, configs: Vec<RecordConfig>, port: u16) -> io::Result<Daemon> {
+        let timer = TimerFd::new(
+            ClockId::CLOCK_BOOTTIME,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        let engine = Engine::new(&configs, port, seed(), Policy::default(), now());
+        Ok(Daemon {
+            socket,
+            timer,
+            signals: Signals::install()?,
+            resolver: Resolver::new()?,
+            engine,
+            configs,
+            hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
+            outbox: Default::default(),
+            shutdown_by: None,
+        })
+    }
+
+    pub fn run(&mut self) -> io::Result<Exit> {
+        self.engine.handle_timeout(now());
+        loop {
+            self.drain_engine();
+            self.flush_outbox();
+            if let Some(exit) = self.finished() {
+                return Ok(exit);
+            }
+            self.arm_timer()?;
+            let (sock, sigs, names) = self.wait()?;
+
+            let now = now();
+            if sigs {
+                self.on_signals(now);
+            }
+            if sock {
+                self.receive(now);
+            }
+            if names {
+                for ((record, server), addrs) in self.resolver.answers() {
+                    self.engine.handle_resolved(record, server, addrs);
+                }
+            }
+            self.engine.handle_timeout(now);
+            self.hooks.check(now);
+        }
+    }
+
+    fn next_deadline(&mut self) -> Option<Time> {
+        let hooks = self.hooks.next_deadline();
+        let engine = self.engine.poll_timeout();
+        let shutdown = self.shutdown_by;
+        [hooks, engine, shutdown].into_iter().flatten().min()
+    }
+
+    fn arm_timer(&mut self) -> io::Result<()> {
+        match self.next_deadline() {
+            Some(at) => {
+                // Zero would disarm the timer; a deadline in the past fires
+                // at once anyway.
+                let at = at.max(Duration::from_nanos(1));
+                let spec = TimeSpec::from_duration(at);
+                let flags = TimerSetTimeFlags::TFD_TIMER_ABSTIME;
+                self.timer.set(Expiration::OneShot(spec), flags)?;
+            }
+            None => self.timer.unset()?,
+        }
+        Ok(())
+    }
+
+    /// Sleep until something happens. Returns which of the socket, the
+    /// signal pipe and the resolver have news.
+    fn wait(&mut self) -> io::Result<(bool, bool, bool)> {
+        let mut sock_events = PollFlags::POLLIN;
+        if !self.outbox.is_empty() {
+            sock_events |= PollFlags::POLLOUT;
+        }
+        let mut fds = [
+            PollFd::new(self.socket.as_fd(), sock_events),
+            PollFd::new(self.signals.fd(), PollFlags::POLLIN),
+            PollFd::new(self.resolver.fd(), PollFlags::POLLIN),
+            PollFd::new(self.timer.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok((false, true, false)),
+            Err(e) => return Err(e.into()),
+        }
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[3]) {
+            let _ = self.timer.wait();
+        }
+        Ok((ready(&fds[0]), ready(&fds[1]), ready(&fds[2])))
+    }
+
+    fn receive(&mut self, now: Time) {
+        let mut buf = [0u8; 2048];
+        // Bounded, so that a flood cannot starve signals and timers.
+        for _ in 0..4096 {
+            match self.socket.recv_from(&mut buf) {
+                Ok((len, SocketAddr::V4(src))) => {
+                    self.engine.handle_datagram(now, *src.ip(), &buf[..len]);
+                }
+                Ok((_, src)) => debug!("dropped datagram from {src}: not IPv4"),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here.
+                    debug!("receive: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self) {
+        while let Some(t) = self.outbox.front() {
+            match self.socket.send_to(t.datagram.as_bytes(), t.dest) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // Network down or unreachable: the engine retries on its
+                // own schedule; the log summarises repeats.
+                Err(e) => warn!("cannot send to {}: {e}", t.dest),
+            }
+            self.outbox.pop_front();
+        }
+    }
+
+    fn drain_engine(&mut self) {
+        while let Some(t) = self.engine.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+        let now = now();
+        while let Some(event) = self.engine.poll_event() {
+            self.on_event(event, now);
+        }
+        // Events can queue datagrams (none today), and datagrams no events.
+        while let Some(t) = self.engine.poll_transmit() {
+            self.outbox.push_back(t);
+        }
+    }
+
+    fn on_event(&mut self, event: Event, now: Time) {
+        match event {
+            Event::Online { record, address, server } => {
+                let id = self.configs[record].hostid;
+                info!("[{id}] -> Online");
+                debug!("[{id}] online at {server} as {address}");
+                self.hook(record, Kind::On, address, server, now);
+            }
+            Event::Offline { record, address, server, reason } => {
+                let id = self.configs[record].hostid;
+                info!("[{id}] -> Offline ({})", reason.as_str());
+                self.hook(record, Kind::Off, address, server, now);
+            }
+            Event::AddressChanged { record, old, new, server } => {
+                let id = self.configs[record].hostid;
+                info!("[{id}] address changed from {old} to {new}");
+                self.hook(record, Kind::On, new, server, now);
+            }
+            Event::Refused { record, .. } => {
+                let id = self.configs[record].hostid;
+                error!("Authentication failed for {id}, retrying ...");
+            }
+            Event::LowercaseAccepted { record } => {
+                let c = &self.configs[record];
+                warn!(
+                    "[{}] the server accepted HostPass only in lower case; \
+                     write it in lower case in the config (record at line {})",
+                    c.hostid, c.line
+                );
+            }
+            Event::NewSession { record } => {
+                let id = self.configs[record].hostid;
+                info!("[{id}] logged in again with a new session (server restarted?)");
+            }
+            Event::Resolve { record, server, host, .. } => {
+                if let Err(e) = self.resolver.request(&host, (record, server)) {
+                    warn!("cannot start a lookup of {host}: {e}");
+                }
+            }
+        }
+    }
+
+    fn hook(&mut self, record: usize, kind: Kind, address: Ipv4Addr, server: SocketAddrV4, now: Time) {
+        let c = &self.configs[record];
+        let hook = match kind {
+            Kind::On => c.on_cmd.as_ref(),
+            Kind::Off => c.off_cmd.as_ref(),
+        };
+        if let Some(hook) = hook {
+            let facts = Facts { hostid: c.hostid, kind, address, server };
+            self.hooks.run(hook, &facts, now);
+        }
+    }
+
+    fn on_signals(&mut self, now: Time) {
+        for sig in self.signals.take() {
+            match sig {
+                Sig::Usr2 => {
+                    info!("-> Offline (USR2)");
+                    self.engine.take_all_offline(now, OfflineReason::Usr2);
+                }
+                Sig::Term | Sig::Int if self.shutdown_by.is_none() => {
+                    info!("daemon exiting");
+                    self.engine.take_all_offline(now, OfflineReason::Shutdown);
+                    self.shutdown_by = Some(now + hooks::DEFAULT_TIMEOUT);
+                }
+                Sig::Term | Sig::Int => {}
+                Sig::Usr1 => self.report_status(now),
+                Sig::Hup => info!("SIGHUP: configuration reload is not supported yet"),
+                Sig::Child => self.hooks.check(now),
+            }
+        }
+    }
+
+    fn report_status(&self, now: Time) {
+        for (i, c) in self.configs.iter().enumerate() {
+            let s = self.engine.status(i);
+            let server = s.server.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+            let heard = s
+                .heard
+                .map(|h| format!("{}s ago", now.saturating_sub(h).as_secs()))
+                .unwrap_or_else(|| "never".into());
+            info!(
+                "[{}] {} via {server} for {}s, server last heard {heard}",
+                c.hostid,
+                s.state,
+                now.saturating_sub(s.since).as_secs()
+            );
+        }
+    }
+
+    /// After TERM: done once the OFFLINE_REQ copies are out and the hooks
+    /// have finished, or the hook timeout has passed.
+    fn finished(&mut self) -> Option<Exit> {
+        let by = self.shutdown_by?;
+        if self.engine.sending_offline() || !self.outbox.is_empty() {
+            return None;
+        }
+        if self.hooks.running() > 0 && now() < by {
+            return None;
+        }
+        self.hooks.kill_all();
+        Some(Exit::Shutdown)
+    }
+}
