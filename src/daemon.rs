@@ -28,7 +28,8 @@ const RCVBUF: usize = 4 << 20;
 /// The clock of every deadline: monotonic, and counting suspended time, so
 /// that after a resume dhid knows the server has timed it out.
 pub fn now() -> Time {
-    let ts = clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME exists on Linux");
+    let ts =
+        clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("CLOCK_BOOTTIME exists on Linux");
     Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
 }
 
@@ -217,18 +218,32 @@ impl Daemon {
 
     fn on_event(&mut self, event: Event, now: Time) {
         match event {
-            Event::Online { record, address, server } => {
+            Event::Online {
+                record,
+                address,
+                server,
+            } => {
                 let id = self.configs[record].hostid;
                 info!("[{id}] -> Online");
                 debug!("[{id}] online at {server} as {address}");
                 self.hook(record, Kind::On, address, server, now);
             }
-            Event::Offline { record, address, server, reason } => {
+            Event::Offline {
+                record,
+                address,
+                server,
+                reason,
+            } => {
                 let id = self.configs[record].hostid;
                 info!("[{id}] -> Offline ({})", reason.as_str());
                 self.hook(record, Kind::Off, address, server, now);
             }
-            Event::AddressChanged { record, old, new, server } => {
+            Event::AddressChanged {
+                record,
+                old,
+                new,
+                server,
+            } => {
                 let id = self.configs[record].hostid;
                 info!("[{id}] address changed from {old} to {new}");
                 self.hook(record, Kind::On, new, server, now);
@@ -249,7 +264,12 @@ impl Daemon {
                 let id = self.configs[record].hostid;
                 info!("[{id}] logged in again with a new session (server restarted?)");
             }
-            Event::Resolve { record, server, host, .. } => {
+            Event::Resolve {
+                record,
+                server,
+                host,
+                ..
+            } => {
                 if let Err(e) = self.resolver.request(&host, (record, server)) {
                     warn!("cannot start a lookup of {host}: {e}");
                 }
@@ -257,14 +277,26 @@ impl Daemon {
         }
     }
 
-    fn hook(&mut self, record: usize, kind: Kind, address: Ipv4Addr, server: SocketAddrV4, now: Time) {
+    fn hook(
+        &mut self,
+        record: usize,
+        kind: Kind,
+        address: Ipv4Addr,
+        server: SocketAddrV4,
+        now: Time,
+    ) {
         let c = &self.configs[record];
         let hook = match kind {
             Kind::On => c.on_cmd.as_ref(),
             Kind::Off => c.off_cmd.as_ref(),
         };
         if let Some(hook) = hook {
-            let facts = Facts { hostid: c.hostid, kind, address, server };
+            let facts = Facts {
+                hostid: c.hostid,
+                kind,
+                address,
+                server,
+            };
             self.hooks.run(hook, &facts, now);
         }
     }
@@ -292,7 +324,10 @@ impl Daemon {
     fn report_status(&self, now: Time) {
         for (i, c) in self.configs.iter().enumerate() {
             let s = self.engine.status(i);
-            let server = s.server.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+            let server = s
+                .server
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into());
             let heard = s
                 .heard
                 .map(|h| format!("{}s ago", now.saturating_sub(h).as_secs()))

@@ -104,7 +104,11 @@ impl Engine {
         };
         let h = msg.header;
         let Some(candidates) = self.by_hostid.get(&h.hostid) else {
-            debug!("dropped {} from {src}: unknown HostID {}", msg.body.name(), h.hostid);
+            debug!(
+                "dropped {} from {src}: unknown HostID {}",
+                msg.body.name(),
+                h.hostid
+            );
             return;
         };
         let found = candidates
@@ -160,12 +164,16 @@ impl Engine {
         if !had_resend || self.records[i].has_resend() {
             return;
         }
-        let (done, rest): (Vec<_>, Vec<_>) =
-            self.shared_offline.drain(..).partition(|&(owner, _, _)| owner == i);
+        let (done, rest): (Vec<_>, Vec<_>) = self
+            .shared_offline
+            .drain(..)
+            .partition(|&(owner, _, _)| owner == i);
         self.shared_offline = rest;
         for (_, ip, sid) in done {
             for j in 0..self.records.len() {
-                let Some((dest, s)) = self.records[j].session() else { continue };
+                let Some((dest, s)) = self.records[j].session() else {
+                    continue;
+                };
                 if *dest.ip() == ip && s == sid {
                     let id = self.records[j].hostid;
                     debug!("[{id}] shares a session id just taken offline; logging in again");

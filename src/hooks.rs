@@ -89,7 +89,11 @@ fn choose_program(program: &str) -> (String, bool) {
 
 impl Hooks {
     pub fn new(timeout: Duration) -> Hooks {
-        Hooks { running: Vec::new(), timeout, reported: HashSet::new() }
+        Hooks {
+            running: Vec::new(),
+            timeout,
+            reported: HashSet::new(),
+        }
     }
 
     pub fn running(&self) -> usize {
@@ -180,7 +184,10 @@ impl Hooks {
                 let pid = Pid::from_raw(r.child.id() as i32);
                 let _ = killpg(pid, Signal::SIGKILL);
                 let _ = r.child.wait();
-                warn!("[{}] {keyword} still running after {:?}, killed", r.hostid, self.timeout);
+                warn!(
+                    "[{}] {keyword} still running after {:?}, killed",
+                    r.hostid, self.timeout
+                );
                 true
             }
             Ok(None) => false,
@@ -197,7 +204,11 @@ impl Hooks {
             let pid = Pid::from_raw(r.child.id() as i32);
             let _ = killpg(pid, Signal::SIGKILL);
             let _ = r.child.wait();
-            warn!("[{}] {} still running at exit, killed", r.hostid, r.kind.keyword());
+            warn!(
+                "[{}] {} still running at exit, killed",
+                r.hostid,
+                r.kind.keyword()
+            );
         }
         self.running.clear();
     }

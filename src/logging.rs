@@ -61,8 +61,14 @@ pub fn init_syslog(level: LevelFilter) {
 }
 
 fn install(sink: Sink, level: LevelFilter) {
-    let repeat = Repeat { last: String::new(), count: 0 };
-    let logger = Logger { sink: Mutex::new((sink, repeat)), level };
+    let repeat = Repeat {
+        last: String::new(),
+        count: 0,
+    };
+    let logger = Logger {
+        sink: Mutex::new((sink, repeat)),
+        level,
+    };
     // A second call (tests) keeps the first logger; that is harmless.
     if log::set_boxed_logger(Box::new(logger)).is_ok() {
         log::set_max_level(level);
@@ -70,7 +76,9 @@ fn install(sink: Sink, level: LevelFilter) {
 }
 
 fn stamp() -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = now.as_secs();
     let (days, rem) = (secs / 86400, secs % 86400);
     let (y, m, d) = civil_from_days(days as i64);
@@ -115,7 +123,10 @@ impl Sink {
             }
             Sink::Syslog(logger) => {
                 // syslogd may have restarted; reconnect once and retry.
-                if logger.as_mut().is_none_or(|l| send(l, level, text).is_err()) {
+                if logger
+                    .as_mut()
+                    .is_none_or(|l| send(l, level, text).is_err())
+                {
                     *logger = syslog::unix(formatter()).ok();
                     if let Some(l) = logger {
                         let _ = send(l, level, text);
@@ -145,7 +156,9 @@ impl Log for Logger {
             return;
         }
         let text = record.args().to_string();
-        let Ok(mut guard) = self.sink.lock() else { return };
+        let Ok(mut guard) = self.sink.lock() else {
+            return;
+        };
         let (sink, repeat) = &mut *guard;
 
         if record.level() <= Level::Warn && text == repeat.last {
@@ -157,7 +170,11 @@ impl Log for Logger {
             sink.write(Level::Info, &summary);
         }
         repeat.count = 0;
-        repeat.last = if record.level() <= Level::Warn { text.clone() } else { String::new() };
+        repeat.last = if record.level() <= Level::Warn {
+            text.clone()
+        } else {
+            String::new()
+        };
         sink.write(record.level(), &text);
     }
 

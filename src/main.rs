@@ -24,7 +24,7 @@ struct Cli {
 
     /// UDP port to listen on and send from (the server answers to it)
     #[arg(short = 'p', value_name = "PORT", default_value_t = config::DEFAULT_PORT,
-          value_parser = clap::value_parser!(u16).range(1..))]
+          allow_hyphen_values = true, value_parser = clap::value_parser!(u16).range(1..))]
     port: u16,
 
     /// Pid file
@@ -58,7 +58,10 @@ const USAGE: u8 = 2;
 fn main() -> ExitCode {
     // The old manual page documented -l for the config file; say what
     // replaced it instead of clap's generic complaint.
-    if std::env::args().skip(1).any(|a| a == "-l" || a.starts_with("-l")) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| a == "-l" || a.starts_with("-l"))
+    {
         eprintln!("dhid: -l is not an option; give the configuration file with -f FILE");
         eprintln!("Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]");
         return ExitCode::from(USAGE);
@@ -96,7 +99,12 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     for w in &config.warnings {
-        eprintln!("dhid: {}:{}: warning: {}", path.display(), w.line, w.message);
+        eprintln!(
+            "dhid: {}:{}: warning: {}",
+            path.display(),
+            w.line,
+            w.message
+        );
     }
     for r in &config.records {
         let servers: Vec<String> = r.servers.iter().map(|s| s.to_string()).collect();
@@ -128,7 +136,10 @@ fn genkeys() -> ExitCode {
     };
     let n = &p * &q;
     println!("; dhid.conf, inside the host's record (keep these secret)");
-    for line in qrc::split_lines("AuthP", &p, 50, 0).iter().chain(&qrc::split_lines("AuthQ", &q, 50, 0)) {
+    for line in qrc::split_lines("AuthP", &p, 50, 0)
+        .iter()
+        .chain(&qrc::split_lines("AuthQ", &q, 50, 0))
+    {
         println!("{line}");
     }
     println!("; dhis.db, the server's record for the host");
@@ -163,12 +174,19 @@ fn start(cli: &Cli) -> Result<(), ()> {
     // happens before detaching, so the exit status tells.
     let config = load(&cli.config)?;
     let socket = daemon::bind(cli.port).map_err(|e| {
-        let msg = format!("failed to open incoming udp socket on port {}: {e}", cli.port);
+        let msg = format!(
+            "failed to open incoming udp socket on port {}: {e}",
+            cli.port
+        );
         eprintln!("dhid: {msg}");
         error!("{msg}");
     })?;
 
-    let ready = if cli.foreground { None } else { Some(detach()?) };
+    let ready = if cli.foreground {
+        None
+    } else {
+        Some(detach()?)
+    };
     if !cli.foreground {
         logging::init_syslog(level);
     }
@@ -180,7 +198,10 @@ fn start(cli: &Cli) -> Result<(), ()> {
     let pidfile = match PidFile::create(&cli.pidfile) {
         Ok((pidfile, stale)) => {
             if let Some(pid) = stale {
-                info!("replaced stale pid file {} (pid {pid} is gone)", cli.pidfile.display());
+                info!(
+                    "replaced stale pid file {} (pid {pid} is gone)",
+                    cli.pidfile.display()
+                );
             }
             pidfile
         }
@@ -230,7 +251,11 @@ fn report(ready: Option<OwnedFd>, result: Result<(), String>) {
 }
 
 fn redirect_stdio() -> nix::Result<()> {
-    let null = nix::fcntl::open("/dev/null", nix::fcntl::OFlag::O_RDWR, nix::sys::stat::Mode::empty())?;
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    )?;
     nix::unistd::dup2_stdin(&null)?;
     nix::unistd::dup2_stdout(&null)?;
     nix::unistd::dup2_stderr(&null)

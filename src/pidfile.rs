@@ -15,7 +15,10 @@ pub struct PidFile {
 }
 
 fn describe(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
-    format!("cannot {what} pid file {} (set with -P): {e}", path.display())
+    format!(
+        "cannot {what} pid file {} (set with -P): {e}",
+        path.display()
+    )
 }
 
 impl PidFile {
@@ -33,7 +36,9 @@ impl PidFile {
         let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((mut file, Errno::EWOULDBLOCK)) => {
-                let holder = read_pid(&mut file).map(|p| format!(" (pid {p})")).unwrap_or_default();
+                let holder = read_pid(&mut file)
+                    .map(|p| format!(" (pid {p})"))
+                    .unwrap_or_default();
                 return Err(format!(
                     "another dhid{holder} is running with pid file {} (set with -P)",
                     path.display()
@@ -47,7 +52,13 @@ impl PidFile {
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
         writeln!(lock, "{}", std::process::id()).map_err(|e| describe(path, "write", e))?;
         lock.sync_data().map_err(|e| describe(path, "write", e))?;
-        Ok((PidFile { path: path.to_path_buf(), _lock: lock }, stale))
+        Ok((
+            PidFile {
+                path: path.to_path_buf(),
+                _lock: lock,
+            },
+            stale,
+        ))
     }
 
     pub fn remove(self) {

@@ -30,7 +30,10 @@ impl fmt::Display for KeyError {
             }
             KeyError::NotPrime { which } => write!(f, "Auth{which} is not a prime"),
             KeyError::Not3Mod4 { which } => {
-                write!(f, "Auth{which} is not 3 mod 4, so it cannot answer QRC challenges")
+                write!(
+                    f,
+                    "Auth{which} is not 3 mod 4, so it cannot answer QRC challenges"
+                )
             }
             KeyError::Equal => f.write_str("AuthP and AuthQ are the same number"),
             KeyError::TooLarge { digits } => write!(
@@ -102,7 +105,14 @@ impl QrcKey {
         let exp_p = (&p + 1u32) >> 2;
         let exp_q = (&q + 1u32) >> 2;
         let q_inv_p = (&q % &p).modinv(&p).expect("distinct primes are coprime");
-        Ok(QrcKey { p, q, n, exp_p, exp_q, q_inv_p })
+        Ok(QrcKey {
+            p,
+            q,
+            n,
+            exp_p,
+            exp_q,
+            q_inv_p,
+        })
     }
 
     pub fn modulus(&self) -> &BigUint {
@@ -132,14 +142,20 @@ impl QrcKey {
 fn parse_challenge(field: &[u8]) -> BigUint {
     let start = field.iter().position(|b| *b != b' ').unwrap_or(field.len());
     let field = &field[start..];
-    let end = field.iter().position(|b| !b.is_ascii_digit()).unwrap_or(field.len());
+    let end = field
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(field.len());
     BigUint::parse_bytes(&field[..end], 10).unwrap_or_default()
 }
 
 /// A number below 10^200 as 200 digits, zero-padded on the left.
 pub fn to_number(x: &BigUint) -> Number {
     let digits = x.to_str_radix(10);
-    assert!(digits.len() <= NUMBER_LEN, "QRC values are reduced mod N < 10^200");
+    assert!(
+        digits.len() <= NUMBER_LEN,
+        "QRC values are reduced mod N < 10^200"
+    );
     let mut field = [b'0'; NUMBER_LEN];
     field[NUMBER_LEN - digits.len()..].copy_from_slice(digits.as_bytes());
     Number(field)
@@ -172,7 +188,10 @@ pub fn is_probable_prime(n: &BigUint) -> bool {
         seed = splitmix64(seed);
         BigUint::from(seed) % (n - 3u32) + 2u32
     });
-    let bases = SMALL_PRIMES.iter().map(|&p| BigUint::from(p)).chain(derived);
+    let bases = SMALL_PRIMES
+        .iter()
+        .map(|&p| BigUint::from(p))
+        .chain(derived);
     'bases: for a in bases {
         let mut x = a.modpow(&d, n);
         if x == one || x == n_minus_1 {
@@ -294,11 +313,23 @@ mod tests {
     #[test]
     fn key_validation_names_the_fault() {
         assert_eq!(QrcKey::from_decimal("7", "11").map(|_| ()), Ok(()));
-        assert_eq!(QrcKey::from_decimal("13", "11"), Err(KeyError::Not3Mod4 { which: 'P' }));
-        assert_eq!(QrcKey::from_decimal("7", "15"), Err(KeyError::NotPrime { which: 'Q' }));
+        assert_eq!(
+            QrcKey::from_decimal("13", "11"),
+            Err(KeyError::Not3Mod4 { which: 'P' })
+        );
+        assert_eq!(
+            QrcKey::from_decimal("7", "15"),
+            Err(KeyError::NotPrime { which: 'Q' })
+        );
         assert_eq!(QrcKey::from_decimal("7", "7"), Err(KeyError::Equal));
-        assert_eq!(QrcKey::from_decimal("7a", "11"), Err(KeyError::NotDecimal { which: 'P' }));
-        assert_eq!(QrcKey::from_decimal("", "11"), Err(KeyError::NotDecimal { which: 'P' }));
+        assert_eq!(
+            QrcKey::from_decimal("7a", "11"),
+            Err(KeyError::NotDecimal { which: 'P' })
+        );
+        assert_eq!(
+            QrcKey::from_decimal("", "11"),
+            Err(KeyError::NotDecimal { which: 'P' })
+        );
     }
 
     #[test]

@@ -80,9 +80,23 @@ impl OfflineReason {
 /// What a record tells the daemon. `record` is the index in the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    Online { record: usize, address: Ipv4Addr, server: SocketAddrV4 },
-    Offline { record: usize, address: Ipv4Addr, server: SocketAddrV4, reason: OfflineReason },
-    AddressChanged { record: usize, old: Ipv4Addr, new: Ipv4Addr, server: SocketAddrV4 },
+    Online {
+        record: usize,
+        address: Ipv4Addr,
+        server: SocketAddrV4,
+    },
+    Offline {
+        record: usize,
+        address: Ipv4Addr,
+        server: SocketAddrV4,
+        reason: OfflineReason,
+    },
+    AddressChanged {
+        record: usize,
+        old: Ipv4Addr,
+        new: Ipv4Addr,
+        server: SocketAddrV4,
+    },
     /// AUTH_DENY; the record polls again after one refresh period.
     Refused { record: usize, server: SocketAddrV4 },
     /// The password was accepted only in lower case.
@@ -90,7 +104,12 @@ pub enum Event {
     /// A new session id while online (the server restarted, most likely).
     NewSession { record: usize },
     /// Resolve the name of this server; answer with `Engine::on_resolved`.
-    Resolve { record: usize, server: usize, host: String, port: u16 },
+    Resolve {
+        record: usize,
+        server: usize,
+        host: String,
+        port: u16,
+    },
 }
 
 /// What the engine lends a record for one call.
@@ -105,14 +124,27 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(port: u16, seed: u64, policy: Policy) -> Ctx {
-        Ctx { port, policy, serial: 0, rng: seed | 1, transmits: VecDeque::new(), events: VecDeque::new() }
+        Ctx {
+            port,
+            policy,
+            serial: 0,
+            rng: seed | 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
     }
 
     /// Header for the next datagram: every datagram dhid sends, of every
     /// record, takes the next serial (PROTOCOL.md section 2).
     fn header(&mut self, hostid: u32) -> Header {
         self.serial = self.serial.wrapping_add(1);
-        Header { opcode: 0, serial: self.serial, version: wire::VERSION, rport: self.port as u32, hostid }
+        Header {
+            opcode: 0,
+            serial: self.serial,
+            version: wire::VERSION,
+            rport: self.port as u32,
+            hostid,
+        }
     }
 
     fn send(&mut self, dest: SocketAddrV4, hostid: u32, body: Body) -> u32 {
@@ -150,7 +182,12 @@ impl Server {
             Host::Addr(a) => vec![a],
             Host::Name(_) => Vec::new(),
         };
-        Server { spec, addrs, echo_serials: [0; 4], echo_pending: false }
+        Server {
+            spec,
+            addrs,
+            echo_serials: [0; 4],
+            echo_pending: false,
+        }
     }
 
     fn owns(&self, src: Ipv4Addr, rport: u32) -> bool {
@@ -158,7 +195,9 @@ impl Server {
     }
 
     fn dest(&self) -> Option<SocketAddrV4> {
-        self.addrs.first().map(|a| SocketAddrV4::new(*a, self.spec.port))
+        self.addrs
+            .first()
+            .map(|a| SocketAddrV4::new(*a, self.spec.port))
     }
 
     fn note_echo(&mut self, serial: u32) {
@@ -173,7 +212,11 @@ impl Server {
 
 #[derive(Clone, Debug)]
 enum Secret {
-    Password { written: Password, lower: Option<Password>, use_lower: bool },
+    Password {
+        written: Password,
+        lower: Option<Password>,
+        use_lower: bool,
+    },
     Qrc(Box<QrcKey>),
 }
 
@@ -186,7 +229,11 @@ impl Secret {
                 let lower = (lowered != *text)
                     .then(|| Password::new(lowered.as_bytes()))
                     .flatten();
-                Secret::Password { written, lower, use_lower: false }
+                Secret::Password {
+                    written,
+                    lower,
+                    use_lower: false,
+                }
             }
             Auth::Qrc(key) => Secret::Qrc(Box::new(key.clone())),
         }
@@ -194,7 +241,11 @@ impl Secret {
 
     fn field(&self, lowercase: bool) -> Password {
         match self {
-            Secret::Password { written, lower, use_lower } => match lower {
+            Secret::Password {
+                written,
+                lower,
+                use_lower,
+            } => match lower {
                 Some(lower) if lowercase || *use_lower => *lower,
                 _ => *written,
             },
@@ -218,9 +269,18 @@ struct Pending {
 #[derive(Clone, Debug)]
 enum State {
     /// Probing every server with ECHO_REQ; `attempt` counts the probes.
-    Poll { next: Time, attempt: u32 },
+    Poll {
+        next: Time,
+        attempt: u32,
+    },
     /// AUTH_REQ sent to the server that answered first.
-    Auth { server: usize, dest: SocketAddrV4, deadline: Time, attempt: u32, pending: Pending },
+    Auth {
+        server: usize,
+        dest: SocketAddrV4,
+        deadline: Time,
+        attempt: u32,
+        pending: Pending,
+    },
     Online(Online),
 }
 
@@ -282,7 +342,10 @@ impl Record {
             server_period: None,
             servers: config.servers.iter().cloned().map(Server::new).collect(),
             silent_periods: policy.silent_periods.max(1),
-            state: State::Poll { next: now, attempt: 0 },
+            state: State::Poll {
+                next: now,
+                attempt: 0,
+            },
             since: now,
             heard: None,
             resend: None,
@@ -326,9 +389,9 @@ impl Record {
     }
 
     fn silence_deadline(&self, o: &Online) -> Time {
-        o.heard.saturating_add(self.period().saturating_mul(self.silent_periods))
+        o.heard
+            .saturating_add(self.period().saturating_mul(self.silent_periods))
     }
-
 
     pub fn status(&self) -> Status {
         let (state, server, address) = match &self.state {
@@ -336,7 +399,13 @@ impl Record {
             State::Auth { dest, .. } => ("authenticating", Some(*dest), None),
             State::Online(o) => ("online", Some(o.dest), Some(o.address)),
         };
-        Status { state, server, address, since: self.since, heard: self.heard }
+        Status {
+            state,
+            server,
+            address,
+            since: self.since,
+            heard: self.heard,
+        }
     }
 
     fn set_state(&mut self, now: Time, state: State) {
@@ -368,14 +437,22 @@ impl Record {
                 let attempt = *attempt;
                 self.poll(now, attempt, ctx);
             }
-            State::Auth { deadline, attempt, .. } if *deadline <= now => {
+            State::Auth {
+                deadline, attempt, ..
+            } if *deadline <= now => {
                 debug!("[{}] no answer to AUTH_REQ, polling again", self.hostid);
                 let attempt = *attempt;
                 self.poll(now, attempt, ctx);
             }
             State::Online(o) if self.silence_deadline(o) <= now => {
                 self.go_offline(now, OfflineReason::Timeout, ctx);
-                self.set_state(now, State::Poll { next: now, attempt: 0 });
+                self.set_state(
+                    now,
+                    State::Poll {
+                        next: now,
+                        attempt: 0,
+                    },
+                );
                 self.poll(now, 0, ctx);
             }
             State::Online(o) if o.next_refresh <= now => self.refresh(now, ctx),
@@ -416,7 +493,9 @@ impl Record {
     /// A name resolution came back. An empty list means "not yet": the
     /// next attempt asks again.
     pub fn on_resolved(&mut self, server: usize, addrs: Vec<Ipv4Addr>, ctx: &mut Ctx) {
-        let Some(s) = self.servers.get_mut(server) else { return };
+        let Some(s) = self.servers.get_mut(server) else {
+            return;
+        };
         if addrs.is_empty() {
             return;
         }
@@ -435,12 +514,24 @@ impl Record {
         let pending = Pending { lowercase: false };
         self.send_auth(dest, pending, ctx);
         let deadline = now + self.backoff(attempt.max(1), ctx);
-        self.set_state(now, State::Auth { server, dest, deadline, attempt, pending });
+        self.set_state(
+            now,
+            State::Auth {
+                server,
+                dest,
+                deadline,
+                attempt,
+                pending,
+            },
+        );
     }
 
     fn send_auth(&mut self, dest: SocketAddrV4, pending: Pending, ctx: &mut Ctx) {
         let password = self.secret.field(pending.lowercase);
-        let body = Body::AuthReq { password, refresh: self.refresh_proposal };
+        let body = Body::AuthReq {
+            password,
+            refresh: self.refresh_proposal,
+        };
         ctx.send(dest, self.hostid, body);
     }
 
@@ -453,14 +544,23 @@ impl Record {
             self.echo(i, false, ctx);
         }
         let period = self.period();
-        let State::Online(o) = &mut self.state else { return };
+        let State::Online(o) = &mut self.state else {
+            return;
+        };
         let dest = o.dest;
         o.next_refresh = now + period;
         o.reauth = Some(Pending { lowercase: false });
         self.send_auth(dest, Pending { lowercase: false }, ctx);
     }
 
-    pub fn on_message(&mut self, now: Time, server: usize, src: Ipv4Addr, msg: &Message, ctx: &mut Ctx) {
+    pub fn on_message(
+        &mut self,
+        now: Time,
+        server: usize,
+        src: Ipv4Addr,
+        msg: &Message,
+        ctx: &mut Ctx,
+    ) {
         let id = self.hostid;
         let name = msg.body.name();
         match msg.body {
@@ -468,7 +568,13 @@ impl Record {
                 // Answer to the configured port; the source port is random.
                 let dest = SocketAddrV4::new(src, self.servers[server].spec.port);
                 let serial = msg.header.serial;
-                ctx.send(dest, msg.header.hostid, Body::EchoAck { echo_serial: serial });
+                ctx.send(
+                    dest,
+                    msg.header.hostid,
+                    Body::EchoAck {
+                        echo_serial: serial,
+                    },
+                );
             }
             Body::EchoAck { echo_serial } => self.on_echo_ack(now, server, src, echo_serial, ctx),
             Body::AuthAck { sid, address } => self.on_auth_ack(now, server, sid, address, ctx),
@@ -499,12 +605,24 @@ impl Record {
         }
     }
 
-    fn on_auth_ack(&mut self, now: Time, server: usize, sid: u32, address: Ipv4Addr, ctx: &mut Ctx) {
+    fn on_auth_ack(
+        &mut self,
+        now: Time,
+        server: usize,
+        sid: u32,
+        address: Ipv4Addr,
+        ctx: &mut Ctx,
+    ) {
         let id = self.hostid;
         let index = self.index;
         let period = self.period();
         match &mut self.state {
-            State::Auth { server: s, dest, pending, .. } if *s == server => {
+            State::Auth {
+                server: s,
+                dest,
+                pending,
+                ..
+            } if *s == server => {
                 let dest = *dest;
                 if pending.lowercase {
                     self.accept_lowercase(ctx);
@@ -520,7 +638,11 @@ impl Record {
                     reauth: None,
                 };
                 self.set_state(now, State::Online(online));
-                ctx.events.push_back(Event::Online { record: index, address, server: dest });
+                ctx.events.push_back(Event::Online {
+                    record: index,
+                    address,
+                    server: dest,
+                });
             }
             State::Online(o) if o.server == server && o.reauth.is_some() => {
                 let lowercase = o.reauth.take().is_some_and(|p| p.lowercase);
@@ -537,7 +659,12 @@ impl Record {
                     ctx.events.push_back(Event::NewSession { record: index });
                 }
                 if old != address {
-                    let event = Event::AddressChanged { record: index, old, new: address, server: dest };
+                    let event = Event::AddressChanged {
+                        record: index,
+                        old,
+                        new: address,
+                        server: dest,
+                    };
                     ctx.events.push_back(event);
                 }
             }
@@ -550,7 +677,8 @@ impl Record {
             && !*use_lower
         {
             *use_lower = true;
-            ctx.events.push_back(Event::LowercaseAccepted { record: self.index });
+            ctx.events
+                .push_back(Event::LowercaseAccepted { record: self.index });
         }
     }
 
@@ -559,9 +687,12 @@ impl Record {
         let index = self.index;
         let period = self.period();
         let (dest, lowercase, online) = match &self.state {
-            State::Auth { server: s, dest, pending, .. } if *s == server => {
-                (*dest, pending.lowercase, false)
-            }
+            State::Auth {
+                server: s,
+                dest,
+                pending,
+                ..
+            } if *s == server => (*dest, pending.lowercase, false),
             State::Online(o) if o.server == server && o.reauth.is_some() => {
                 (o.dest, o.reauth.is_some_and(|p| p.lowercase), true)
             }
@@ -588,15 +719,26 @@ impl Record {
         if online {
             self.go_offline(now, OfflineReason::Refused, ctx);
         }
-        ctx.events.push_back(Event::Refused { record: index, server: dest });
+        ctx.events.push_back(Event::Refused {
+            record: index,
+            server: dest,
+        });
         // A refused password is not hammered: wait a whole period.
-        self.set_state(now, State::Poll { next: now + period, attempt: 0 });
+        self.set_state(
+            now,
+            State::Poll {
+                next: now + period,
+                attempt: 0,
+            },
+        );
     }
 
     fn on_auth_sy(&mut self, server: usize, challenge: &wire::Number, ctx: &mut Ctx) {
         let id = self.hostid;
         let dest = match &self.state {
-            State::Auth { server: s, dest, .. } if *s == server => *dest,
+            State::Auth {
+                server: s, dest, ..
+            } if *s == server => *dest,
             State::Online(o) if o.server == server && o.reauth.is_some() => o.dest,
             _ => {
                 debug!("[{id}] dropped AUTH_SY: no authentication in flight with that server");
@@ -641,17 +783,35 @@ impl Record {
     /// timeout or refusal, where the server is gone or has said no) and
     /// the Offline event. The caller picks the next state.
     fn go_offline(&mut self, now: Time, reason: OfflineReason, ctx: &mut Ctx) {
-        let State::Online(o) = &self.state else { return };
+        let State::Online(o) = &self.state else {
+            return;
+        };
         let (dest, sid, address) = (o.dest, o.sid, o.address);
         let index = self.index;
         if !matches!(reason, OfflineReason::Timeout | OfflineReason::Refused) {
             let copies = ctx.policy.offline_copies;
-            self.resend = Some(Resend { dest, sid, left: copies, at: now });
+            self.resend = Some(Resend {
+                dest,
+                sid,
+                left: copies,
+                at: now,
+            });
             self.send_offline_copy(now, ctx);
         }
         self.server_period = None;
-        self.set_state(now, State::Poll { next: now, attempt: 0 });
-        ctx.events.push_back(Event::Offline { record: index, address, server: dest, reason });
+        self.set_state(
+            now,
+            State::Poll {
+                next: now,
+                attempt: 0,
+            },
+        );
+        ctx.events.push_back(Event::Offline {
+            record: index,
+            address,
+            server: dest,
+            reason,
+        });
     }
 
     fn send_offline_copy(&mut self, now: Time, ctx: &mut Ctx) {
@@ -676,7 +836,9 @@ impl Record {
     /// Authenticate again now (another record's OFFLINE_REQ may have taken
     /// our shared session down at the server).
     pub fn reauthenticate(&mut self, ctx: &mut Ctx) {
-        let State::Online(o) = &mut self.state else { return };
+        let State::Online(o) = &mut self.state else {
+            return;
+        };
         let dest = o.dest;
         o.reauth = Some(Pending { lowercase: false });
         self.send_auth(dest, Pending { lowercase: false }, ctx);

@@ -42,7 +42,13 @@ impl Resolver {
         let (wake, waker) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         let (answers_tx, answers) = channel();
-        Ok(Resolver { wake, waker, answers_tx, answers, pending: HashMap::new() })
+        Ok(Resolver {
+            wake,
+            waker,
+            answers_tx,
+            answers,
+            pending: HashMap::new(),
+        })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
@@ -60,12 +66,14 @@ impl Resolver {
         let tx = self.answers_tx.clone();
         let mut waker = self.waker.try_clone()?;
         let name = host.to_string();
-        thread::Builder::new().name("resolver".into()).spawn(move || {
-            let addrs = lookup(&name);
-            if tx.send((name, addrs)).is_ok() {
-                let _ = waker.write_all(&[1]);
-            }
-        })?;
+        thread::Builder::new()
+            .name("resolver".into())
+            .spawn(move || {
+                let addrs = lookup(&name);
+                if tx.send((name, addrs)).is_ok() {
+                    let _ = waker.write_all(&[1]);
+                }
+            })?;
         self.pending.insert(host.to_string(), vec![waiter]);
         Ok(())
     }

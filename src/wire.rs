@@ -190,7 +190,11 @@ pub enum DecodeError {
     /// An opcode that is not R5 (R4 opcodes are 0x4xx).
     UnknownOpcode { opcode: u32 },
     /// The header is fine but the body is cut short.
-    Truncated { opcode: u32, len: usize, need: usize },
+    Truncated {
+        opcode: u32,
+        len: usize,
+        need: usize,
+    },
 }
 
 impl fmt::Display for DecodeError {
@@ -234,7 +238,11 @@ pub fn decode(data: &[u8]) -> Result<Message, DecodeError> {
     let opcode = header.opcode;
     let need = message_len(opcode).ok_or(DecodeError::UnknownOpcode { opcode })?;
     if data.len() < need {
-        return Err(DecodeError::Truncated { opcode, len: data.len(), need });
+        return Err(DecodeError::Truncated {
+            opcode,
+            len: data.len(),
+            need,
+        });
     }
 
     let word = |i: usize| u32_at(data, HEADER_LEN + 4 * i);
@@ -245,17 +253,25 @@ pub fn decode(data: &[u8]) -> Result<Message, DecodeError> {
     };
     let body = match opcode {
         ECHO_REQ => Body::EchoReq,
-        ECHO_ACK => Body::EchoAck { echo_serial: word(0) },
+        ECHO_ACK => Body::EchoAck {
+            echo_serial: word(0),
+        },
         AUTH_REQ => {
             let mut field = [0; PASSWORD_LEN];
             field.copy_from_slice(&data[HEADER_LEN..HEADER_LEN + PASSWORD_LEN]);
             let refresh = u32_at(data, HEADER_LEN + PASSWORD_LEN);
-            Body::AuthReq { password: Password(field), refresh }
+            Body::AuthReq {
+                password: Password(field),
+                refresh,
+            }
         }
         AUTH_DENY => Body::AuthDeny,
         AUTH_SX => Body::AuthSx(number()),
         AUTH_SY => Body::AuthSy(number()),
-        AUTH_ACK => Body::AuthAck { sid: word(0), address: Ipv4Addr::from(word(1)) },
+        AUTH_ACK => Body::AuthAck {
+            sid: word(0),
+            address: Ipv4Addr::from(word(1)),
+        },
         CHECK_REQ => Body::CheckReq { refresh: word(0) },
         CHECK_ACK => Body::CheckAck { sid: word(0) },
         OFFLINE_REQ => Body::OfflineReq { sid: word(0) },
@@ -330,7 +346,13 @@ mod tests {
     use super::*;
 
     fn header(opcode: u32) -> Header {
-        Header { opcode, serial: 7, version: VERSION, rport: 58902, hostid: 1000 }
+        Header {
+            opcode,
+            serial: 7,
+            version: VERSION,
+            rport: 58902,
+            hostid: 1000,
+        }
     }
 
     #[test]
@@ -340,17 +362,26 @@ mod tests {
         let bodies = [
             Body::EchoReq,
             Body::EchoAck { echo_serial: 3 },
-            Body::AuthReq { password: Password::new(b"secret").unwrap(), refresh: 60 },
+            Body::AuthReq {
+                password: Password::new(b"secret").unwrap(),
+                refresh: 60,
+            },
             Body::AuthDeny,
             Body::AuthSx(Number(digits)),
             Body::AuthSy(Number(digits)),
-            Body::AuthAck { sid: 0x4d48d6a2, address: Ipv4Addr::new(127, 0, 0, 1) },
+            Body::AuthAck {
+                sid: 0x4d48d6a2,
+                address: Ipv4Addr::new(127, 0, 0, 1),
+            },
             Body::CheckReq { refresh: 120 },
             Body::CheckAck { sid: 9 },
             Body::OfflineReq { sid: 0x0badcafe },
         ];
         for body in bodies {
-            let msg = Message { header: header(body.opcode()), body };
+            let msg = Message {
+                header: header(body.opcode()),
+                body,
+            };
             let dgram = encode(&msg);
             assert_eq!(dgram.as_bytes().len(), message_len(body.opcode()).unwrap());
             assert_eq!(decode(dgram.as_bytes()), Ok(msg));
@@ -364,23 +395,39 @@ mod tests {
 
         let ack = encode(&Message {
             header: header(AUTH_ACK),
-            body: Body::AuthAck { sid: 1, address: Ipv4Addr::LOCALHOST },
+            body: Body::AuthAck {
+                sid: 1,
+                address: Ipv4Addr::LOCALHOST,
+            },
         });
         for len in [20, 24, 27] {
             let got = decode(&ack.as_bytes()[..len]);
-            assert_eq!(got, Err(DecodeError::Truncated { opcode: AUTH_ACK, len, need: 28 }));
+            assert_eq!(
+                got,
+                Err(DecodeError::Truncated {
+                    opcode: AUTH_ACK,
+                    len,
+                    need: 28
+                })
+            );
         }
 
         let mut r4 = ack.as_bytes().to_vec();
         r4[2..4].copy_from_slice(&[0x04, 0x11]);
-        assert_eq!(decode(&r4), Err(DecodeError::UnknownOpcode { opcode: 0x411 }));
+        assert_eq!(
+            decode(&r4),
+            Err(DecodeError::UnknownOpcode { opcode: 0x411 })
+        );
     }
 
     #[test]
     fn extra_bytes_are_ignored() {
-        let mut data = encode(&Message { header: header(ECHO_REQ), body: Body::EchoReq })
-            .as_bytes()
-            .to_vec();
+        let mut data = encode(&Message {
+            header: header(ECHO_REQ),
+            body: Body::EchoReq,
+        })
+        .as_bytes()
+        .to_vec();
         data.resize(65000, 0xff);
         assert_eq!(decode(&data).unwrap().body, Body::EchoReq);
     }

@@ -26,7 +26,11 @@ fn record(hostid: u32, auth: Auth, servers: &[(Ipv4Addr, u16)], refresh: u32) ->
         auth,
         servers: servers
             .iter()
-            .map(|&(a, port)| ServerSpec { host: Host::Addr(a), port, line: 2 })
+            .map(|&(a, port)| ServerSpec {
+                host: Host::Addr(a),
+                port,
+                line: 2,
+            })
             .collect(),
         refresh_proposal: refresh,
         on_cmd: None,
@@ -54,7 +58,12 @@ struct Sim {
 impl Sim {
     fn new(records: &[RecordConfig]) -> Sim {
         let engine = Engine::new(records, PORT, 42, Policy::default(), Duration::ZERO);
-        Sim { engine, now: Duration::ZERO, events: Vec::new(), server_serial: 100 }
+        Sim {
+            engine,
+            now: Duration::ZERO,
+            events: Vec::new(),
+            server_serial: 100,
+        }
     }
 
     /// Run every deadline up to `t` in order; return what was sent.
@@ -102,7 +111,8 @@ impl Sim {
             hostid,
         };
         let datagram = wire::encode(&Message { header, body });
-        self.engine.handle_datagram(self.now, src, datagram.as_bytes());
+        self.engine
+            .handle_datagram(self.now, src, datagram.as_bytes());
         self.drain()
     }
 
@@ -113,7 +123,14 @@ impl Sim {
     /// Log record `hostid` in with a password: ECHO_ACK, then AUTH_ACK.
     fn login(&mut self, hostid: u32, sid: u32, echo: &Sent) -> Vec<Sent> {
         let serial = echo.msg.header.serial;
-        let sent = self.receive(SERVER, SPORT, hostid, Body::EchoAck { echo_serial: serial });
+        let sent = self.receive(
+            SERVER,
+            SPORT,
+            hostid,
+            Body::EchoAck {
+                echo_serial: serial,
+            },
+        );
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].msg.body.opcode(), wire::AUTH_REQ);
         let address = Ipv4Addr::new(192, 0, 2, 7);
@@ -143,7 +160,9 @@ fn password_login_is_two_round_trips() {
     assert_eq!(sent[0].msg.header.hostid, 1000);
 
     let sent = sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: 1 });
-    let Body::AuthReq { password, refresh } = sent[0].msg.body else { panic!("not AUTH_REQ") };
+    let Body::AuthReq { password, refresh } = sent[0].msg.body else {
+        panic!("not AUTH_REQ")
+    };
     assert_eq!(&password.0, b"secret\0\0\0\0\0\0\0\0\0\0");
     assert_eq!(refresh, 60);
     assert_eq!(sent[0].msg.header.serial, 2);
@@ -152,7 +171,14 @@ fn password_login_is_two_round_trips() {
     let sent = sim.receive(SERVER, SPORT, 1000, Body::AuthAck { sid: 5, address });
     assert!(sent.is_empty());
     let server = SocketAddrV4::new(SERVER, SPORT);
-    assert_eq!(sim.take_events(), [Event::Online { record: 0, address, server }]);
+    assert_eq!(
+        sim.take_events(),
+        [Event::Online {
+            record: 0,
+            address,
+            server
+        }]
+    );
     assert_eq!(sim.engine.poll_timeout(), Some(secs(60.0)));
 }
 
@@ -181,7 +207,14 @@ fn lost_auth_ack_polls_again_after_the_backoff_step() {
     let mut sim = Sim::new(&[pass_record(1000, "secret")]);
     let sent = sim.advance_to(Duration::ZERO);
     let serial = sent[0].msg.header.serial;
-    sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: serial });
+    sim.receive(
+        SERVER,
+        SPORT,
+        1000,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
     let sent = sim.advance_to(secs(1.5));
     assert!(sent.is_empty());
     let sent = sim.advance_to(secs(2.5));
@@ -198,16 +231,36 @@ fn redundant_servers_first_answer_wins() {
     assert_eq!(sent[1].dest, SocketAddrV4::new(second, 58903));
 
     let serial = sent[1].msg.header.serial;
-    let auth = sim.receive(second, 58903, 7, Body::EchoAck { echo_serial: serial });
+    let auth = sim.receive(
+        second,
+        58903,
+        7,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
     assert_eq!(opcodes(&auth), ["AUTH_REQ"]);
     assert_eq!(auth[0].dest, SocketAddrV4::new(second, 58903));
 
     // The slower server's answer changes nothing.
     let serial = sent[0].msg.header.serial;
-    assert!(sim.receive(SERVER, SPORT, 7, Body::EchoAck { echo_serial: serial }).is_empty());
+    assert!(
+        sim.receive(
+            SERVER,
+            SPORT,
+            7,
+            Body::EchoAck {
+                echo_serial: serial
+            }
+        )
+        .is_empty()
+    );
     // Nor does an AUTH_ACK from it: only the selected server authenticates.
     let address = Ipv4Addr::new(192, 0, 2, 9);
-    assert!(sim.receive(SERVER, SPORT, 7, Body::AuthAck { sid: 1, address }).is_empty());
+    assert!(
+        sim.receive(SERVER, SPORT, 7, Body::AuthAck { sid: 1, address })
+            .is_empty()
+    );
     assert!(sim.take_events().is_empty());
     sim.receive(second, 58903, 7, Body::AuthAck { sid: 1, address });
     assert!(matches!(sim.take_events()[..], [Event::Online { .. }]));
@@ -221,18 +274,43 @@ fn keepalive_refreshes_and_reauthenticates_every_period() {
     assert_eq!(opcodes(&sent), ["ECHO_REQ", "AUTH_REQ"]);
 
     let serial = sent[0].msg.header.serial;
-    assert!(sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: serial }).is_empty());
+    assert!(
+        sim.receive(
+            SERVER,
+            SPORT,
+            1000,
+            Body::EchoAck {
+                echo_serial: serial
+            }
+        )
+        .is_empty()
+    );
     let address = Ipv4Addr::new(192, 0, 2, 7);
     sim.receive(SERVER, SPORT, 1000, Body::AuthAck { sid: 77, address });
-    assert!(sim.take_events().is_empty(), "same sid and address: nothing to tell");
+    assert!(
+        sim.take_events().is_empty(),
+        "same sid and address: nothing to tell"
+    );
 
     let sent = sim.advance_to(secs(120.0));
     assert_eq!(opcodes(&sent), ["ECHO_REQ", "AUTH_REQ"]);
     let new = Ipv4Addr::new(198, 51, 100, 1);
-    sim.receive(SERVER, SPORT, 1000, Body::AuthAck { sid: 78, address: new });
+    sim.receive(
+        SERVER,
+        SPORT,
+        1000,
+        Body::AuthAck {
+            sid: 78,
+            address: new,
+        },
+    );
     let events = sim.take_events();
     assert!(events.contains(&Event::NewSession { record: 0 }));
-    assert!(events.iter().any(|e| matches!(e, Event::AddressChanged { new: n, .. } if *n == new)));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::AddressChanged { new: n, .. } if *n == new))
+    );
 }
 
 #[test]
@@ -244,7 +322,10 @@ fn silence_takes_the_record_offline_after_three_periods() {
     let events = sim.take_events();
     assert!(matches!(
         events[..],
-        [Event::Offline { reason: OfflineReason::Timeout, .. }]
+        [Event::Offline {
+            reason: OfflineReason::Timeout,
+            ..
+        }]
     ));
     // No OFFLINE_REQ to a silent server; polling starts over at once.
     assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
@@ -261,14 +342,22 @@ fn a_suspend_longer_than_the_timeout_reauthenticates_at_once() {
     let sent = sim.drain();
     assert!(matches!(
         sim.take_events()[..],
-        [Event::Offline { reason: OfflineReason::Timeout, .. }]
+        [Event::Offline {
+            reason: OfflineReason::Timeout,
+            ..
+        }]
     ));
     assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
 }
 
 #[test]
 fn huge_refresh_does_not_overflow_the_timeout() {
-    let config = record(1, Auth::Password("pw".into()), &[(SERVER, SPORT)], 715_827_883);
+    let config = record(
+        1,
+        Auth::Password("pw".into()),
+        &[(SERVER, SPORT)],
+        715_827_883,
+    );
     let mut sim = Sim::new(&[config]);
     let sent = sim.advance_to(Duration::ZERO);
     sim.login(1, 9, &sent[0]);
@@ -302,7 +391,12 @@ fn server_echo_req_is_answered_to_the_configured_port() {
     assert_eq!(opcodes(&sent), ["ECHO_ACK"]);
     assert_eq!(sent[0].dest, SocketAddrV4::new(SERVER, SPORT));
     assert_eq!(sent[0].msg.header.hostid, 1000);
-    assert_eq!(sent[0].msg.body, Body::EchoAck { echo_serial: sim.server_serial });
+    assert_eq!(
+        sent[0].msg.body,
+        Body::EchoAck {
+            echo_serial: sim.server_serial
+        }
+    );
 }
 
 #[test]
@@ -315,7 +409,10 @@ fn usr2_sends_offline_copies_and_waits_a_period() {
     assert_eq!(sent[0].msg.body, Body::OfflineReq { sid: 77 });
     assert!(matches!(
         sim.take_events()[..],
-        [Event::Offline { reason: OfflineReason::Usr2, .. }]
+        [Event::Offline {
+            reason: OfflineReason::Usr2,
+            ..
+        }]
     ));
     assert!(sim.engine.sending_offline());
 
@@ -339,7 +436,14 @@ fn refused_password_waits_a_period() {
     let mut sim = Sim::new(&[pass_record(1000, "wrong")]);
     let sent = sim.advance_to(Duration::ZERO);
     let serial = sent[0].msg.header.serial;
-    sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: serial });
+    sim.receive(
+        SERVER,
+        SPORT,
+        1000,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
     assert!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).is_empty());
     assert!(matches!(sim.take_events()[..], [Event::Refused { .. }]));
     assert!(sim.advance_to(secs(59.9)).is_empty());
@@ -351,12 +455,23 @@ fn capitals_are_retried_once_in_lower_case() {
     let mut sim = Sim::new(&[pass_record(1000, "SeCret")]);
     let sent = sim.advance_to(Duration::ZERO);
     let serial = sent[0].msg.header.serial;
-    let sent = sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: serial });
-    let Body::AuthReq { password, .. } = sent[0].msg.body else { panic!() };
+    let sent = sim.receive(
+        SERVER,
+        SPORT,
+        1000,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
+    let Body::AuthReq { password, .. } = sent[0].msg.body else {
+        panic!()
+    };
     assert_eq!(password.text(), b"SeCret");
 
     let sent = sim.receive(SERVER, SPORT, 1000, Body::AuthDeny);
-    let Body::AuthReq { password, .. } = sent[0].msg.body else { panic!() };
+    let Body::AuthReq { password, .. } = sent[0].msg.body else {
+        panic!()
+    };
     assert_eq!(password.text(), b"secret");
     assert!(sim.take_events().is_empty());
 
@@ -370,7 +485,14 @@ fn capitals_are_retried_once_in_lower_case() {
     let mut sim = Sim::new(&[pass_record(1000, "SeCret")]);
     let sent = sim.advance_to(Duration::ZERO);
     let serial = sent[0].msg.header.serial;
-    sim.receive(SERVER, SPORT, 1000, Body::EchoAck { echo_serial: serial });
+    sim.receive(
+        SERVER,
+        SPORT,
+        1000,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
     assert_eq!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).len(), 1);
     assert!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).is_empty());
     assert!(matches!(sim.take_events()[..], [Event::Refused { .. }]));
@@ -384,7 +506,13 @@ fn deny_while_online_goes_offline() {
     let events = sim.take_events();
     assert!(matches!(
         events[..],
-        [Event::Offline { reason: OfflineReason::Refused, .. }, Event::Refused { .. }]
+        [
+            Event::Offline {
+                reason: OfflineReason::Refused,
+                ..
+            },
+            Event::Refused { .. }
+        ]
     ));
     assert!(!sim.engine.records()[0].is_online());
 }
@@ -401,19 +529,35 @@ fn strangers_and_forgeries_change_nothing() {
         (SERVER, SPORT, 1001, Body::AuthDeny),
         // Not waiting for an authentication: dropped.
         (SERVER, SPORT, 1000, Body::AuthDeny),
-        (SERVER, SPORT, 1000, Body::AuthAck { sid: 1, address: STRANGER }),
+        (
+            SERVER,
+            SPORT,
+            1000,
+            Body::AuthAck {
+                sid: 1,
+                address: STRANGER,
+            },
+        ),
         // An ECHO_ACK that echoes no serial of ours.
         (SERVER, SPORT, 1000, Body::EchoAck { echo_serial: 999 }),
         (SERVER, SPORT, 1000, Body::OfflineReq { sid: 77 }),
     ];
     for (src, rport, hostid, body) in forgeries {
-        assert!(sim.receive(src, rport, hostid, body).is_empty(), "{body:?} from {src}");
+        assert!(
+            sim.receive(src, rport, hostid, body).is_empty(),
+            "{body:?} from {src}"
+        );
     }
     assert!(sim.take_events().is_empty());
     assert!(sim.engine.records()[0].is_online());
     assert_eq!(sim.engine.poll_timeout(), before);
 
-    for junk in [&[][..], &[0u8; 19], &[0, 0, 5, 0x26, 0, 0, 0, 1][..], &[0xff; 300]] {
+    for junk in [
+        &[][..],
+        &[0u8; 19],
+        &[0, 0, 5, 0x26, 0, 0, 0, 1][..],
+        &[0xff; 300],
+    ] {
         sim.engine.handle_datagram(sim.now, SERVER, junk);
     }
     assert!(sim.drain().is_empty());
@@ -431,7 +575,10 @@ fn shared_session_ids_are_logged_in_again_after_an_offline() {
 
     sim.engine.take_offline(sim.now, 0, OfflineReason::Removed);
     assert_eq!(opcodes(&sim.drain()), ["OFFLINE_REQ"]);
-    assert_eq!(opcodes(&sim.advance_to(sim.now + secs(0.3))), ["OFFLINE_REQ"]);
+    assert_eq!(
+        opcodes(&sim.advance_to(sim.now + secs(0.3))),
+        ["OFFLINE_REQ"]
+    );
     let sent = sim.advance_to(sim.now + secs(0.3));
     assert_eq!(opcodes(&sent), ["OFFLINE_REQ", "AUTH_REQ"]);
     assert_eq!(sent[1].msg.header.hostid, 2);
@@ -459,17 +606,35 @@ fn qrc_answers_the_capture_challenge_byte_for_byte() {
     let mut sim = Sim::new(&[config]);
     let sent = sim.advance_to(Duration::ZERO);
     let serial = sent[0].msg.header.serial;
-    let sent = sim.receive(SERVER, SPORT, 2011, Body::EchoAck { echo_serial: serial });
-    assert_eq!(sent[0].msg.body, Body::AuthReq { password: Password::EMPTY, refresh: 60 });
+    let sent = sim.receive(
+        SERVER,
+        SPORT,
+        2011,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
+    assert_eq!(
+        sent[0].msg.body,
+        Body::AuthReq {
+            password: Password::EMPTY,
+            refresh: 60
+        }
+    );
 
     let sent = sim.receive(SERVER, SPORT, 2011, Body::AuthSy(Number(field)));
     assert_eq!(opcodes(&sent), ["AUTH_SX"]);
-    let Body::AuthSx(answer) = sent[0].msg.body else { panic!() };
+    let Body::AuthSx(answer) = sent[0].msg.body else {
+        panic!()
+    };
     assert_eq!(std::str::from_utf8(&answer.0).unwrap(), x);
 
     // A password record ignores AUTH_SY.
     let mut sim = online_sim(1000, "secret");
-    assert!(sim.receive(SERVER, SPORT, 1000, Body::AuthSy(Number(field))).is_empty());
+    assert!(
+        sim.receive(SERVER, SPORT, 1000, Body::AuthSy(Number(field)))
+            .is_empty()
+    );
 }
 
 /// CAPTURES.md section 1: our ECHO_REQ and AUTH_REQ are the C dhid's bytes,
@@ -477,17 +642,36 @@ fn qrc_answers_the_capture_challenge_byte_for_byte() {
 #[test]
 fn encoder_matches_the_captures() {
     let echo = wire::encode(&Message {
-        header: Header { opcode: 0, serial: 1, version: 55, rport: 58902, hostid: 1000 },
+        header: Header {
+            opcode: 0,
+            serial: 1,
+            version: 55,
+            rport: 58902,
+            hostid: 1000,
+        },
         body: Body::EchoReq,
     });
-    let expect = [0, 0, 5, 0x11, 0, 0, 0, 1, 0, 0, 0, 0x37, 0, 0, 0xe6, 0x16, 0, 0, 3, 0xe8];
+    let expect = [
+        0, 0, 5, 0x11, 0, 0, 0, 1, 0, 0, 0, 0x37, 0, 0, 0xe6, 0x16, 0, 0, 3, 0xe8,
+    ];
     assert_eq!(echo.as_bytes(), expect);
 
     let auth = wire::encode(&Message {
-        header: Header { opcode: 0, serial: 2, version: 55, rport: 58902, hostid: 1000 },
-        body: Body::AuthReq { password: Password::new(b"secret").unwrap(), refresh: 60 },
+        header: Header {
+            opcode: 0,
+            serial: 2,
+            version: 55,
+            rport: 58902,
+            hostid: 1000,
+        },
+        body: Body::AuthReq {
+            password: Password::new(b"secret").unwrap(),
+            refresh: 60,
+        },
     });
-    let mut expect = vec![0, 0, 5, 0x21, 0, 0, 0, 2, 0, 0, 0, 0x37, 0, 0, 0xe6, 0x16, 0, 0, 3, 0xe8];
+    let mut expect = vec![
+        0, 0, 5, 0x21, 0, 0, 0, 2, 0, 0, 0, 0x37, 0, 0, 0xe6, 0x16, 0, 0, 3, 0xe8,
+    ];
     expect.extend_from_slice(b"secret\0\0\0\0\0\0\0\0\0\0");
     expect.extend_from_slice(&[0, 0, 0, 0x3c]);
     assert_eq!(auth.as_bytes(), &expect[..]);
@@ -499,9 +683,18 @@ fn encoder_matches_the_captures() {
     ];
     let msg = wire::decode(&ack).unwrap();
     assert_eq!(msg.header.rport, 58901);
-    assert_eq!(msg.body, Body::AuthAck { sid: 0x4d48_d6a2, address: Ipv4Addr::LOCALHOST });
+    assert_eq!(
+        msg.body,
+        Body::AuthAck {
+            sid: 0x4d48_d6a2,
+            address: Ipv4Addr::LOCALHOST
+        }
+    );
     let check = [
         0, 0, 5, 0x41, 0, 0, 0, 0x84, 0, 0, 0, 0x35, 0, 0, 0xe6, 0x20, 0, 0, 8, 0x7a, 0, 0, 0, 0x3c,
     ];
-    assert_eq!(wire::decode(&check).unwrap().body, Body::CheckReq { refresh: 60 });
+    assert_eq!(
+        wire::decode(&check).unwrap().body,
+        Body::CheckReq { refresh: 60 }
+    );
 }

@@ -41,20 +41,49 @@ fn password_and_qrc_records_go_online_and_offline() {
 
     let started = Instant::now();
     let mut dhid = Dhid::start(&conf, &[]);
-    assert!(dhid.wait_line("[1000] -> Online", SHORT).is_some(), "{:?}", dhid.lines());
-    assert!(dhid.wait_line("[2011] -> Online", SHORT).is_some(), "{:?}", dhid.lines());
+    assert!(
+        dhid.wait_line("[1000] -> Online", SHORT).is_some(),
+        "{:?}",
+        dhid.lines()
+    );
+    assert!(
+        dhid.wait_line("[2011] -> Online", SHORT).is_some(),
+        "{:?}",
+        dhid.lines()
+    );
     eprintln!("both records online {:?} after start", started.elapsed());
-    assert!(dhisd.wait_online(1000, SHORT) && dhisd.wait_online(2011, SHORT), "{}", dhisd.log());
-    assert!(hooks.wait_count("on", 2, SHORT), "{:?}", hooks.read_hook_log());
+    assert!(
+        dhisd.wait_online(1000, SHORT) && dhisd.wait_online(2011, SHORT),
+        "{}",
+        dhisd.log()
+    );
+    assert!(
+        hooks.wait_count("on", 2, SHORT),
+        "{:?}",
+        hooks.read_hook_log()
+    );
 
     // The hooks got the hostid and the address the server saw.
     let calls = hooks.calls();
-    assert!(calls.iter().any(|c| c.hostid == "1000" && c.addr == "127.0.0.1"), "{calls:?}");
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.hostid == "1000" && c.addr == "127.0.0.1"),
+        "{calls:?}"
+    );
 
     dhid.signal(Signal::SIGUSR2);
     assert!(dhid.wait_line("-> Offline (USR2)", SHORT).is_some());
-    assert!(dhisd.wait_offline(1000, SHORT) && dhisd.wait_offline(2011, SHORT), "{}", dhisd.log());
-    assert!(hooks.wait_count("off", 2, SHORT), "{:?}", hooks.read_hook_log());
+    assert!(
+        dhisd.wait_offline(1000, SHORT) && dhisd.wait_offline(2011, SHORT),
+        "{}",
+        dhisd.log()
+    );
+    assert!(
+        hooks.wait_count("off", 2, SHORT),
+        "{:?}",
+        hooks.read_hook_log()
+    );
 
     let pidfile = dhid.pidfile();
     assert!(pidfile.exists());
@@ -87,16 +116,27 @@ fn term_takes_online_records_offline_and_exits() {
 #[test]
 fn a_wrong_password_is_refused_while_another_record_stays_online() {
     require_dhisd!();
-    let dhisd = Dhisd::start(&[DbHost::password(1000, "secret"), DbHost::password(1001, "right")]);
+    let dhisd = Dhisd::start(&[
+        DbHost::password(1000, "secret"),
+        DbHost::password(1001, "right"),
+    ]);
     let port = dhisd.port();
     let conf = conf_password(1000, "secret", port, &[]) + &conf_password(1001, "wrong", port, &[]);
     let dhid = Dhid::start(&conf, &[]);
-    assert!(dhid.wait_line("Authentication failed for 1001, retrying ...", SHORT).is_some());
+    assert!(
+        dhid.wait_line("Authentication failed for 1001, retrying ...", SHORT)
+            .is_some()
+    );
     assert!(dhisd.wait_online(1000, SHORT));
     assert!(!dhisd.online(1001));
     // Not hammered: one refusal per refresh period.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(dhid.count("Authentication failed for 1001"), 1, "{:?}", dhid.lines());
+    assert_eq!(
+        dhid.count("Authentication failed for 1001"),
+        1,
+        "{:?}",
+        dhid.lines()
+    );
     assert!(dhid.count("[1000] -> Online") == 1);
 }
 
@@ -118,7 +158,11 @@ fn refresh_above_the_server_limit_stays_online_for_seven_minutes() {
     }
     assert_eq!(dhisd.count_log("-> offline 4000"), 0, "{}", dhisd.log());
     assert_eq!(dhid.count("-> Offline"), 0, "{:?}", dhid.lines());
-    assert!(dhid.count("server holds a refresh period of 120 s") >= 1, "{:?}", dhid.lines());
+    assert!(
+        dhid.count("server holds a refresh period of 120 s") >= 1,
+        "{:?}",
+        dhid.lines()
+    );
 }
 
 #[test]
@@ -139,7 +183,10 @@ fn a_restarted_dhisd_sees_the_record_again_within_two_periods() {
         "not back after two periods: {}",
         dhisd.log()
     );
-    eprintln!("back online at the server {:?} after its restart", restarted.elapsed());
+    eprintln!(
+        "back online at the server {:?} after its restart",
+        restarted.elapsed()
+    );
     // dhid itself never saw an offline: no hook ran again.
     assert_eq!(dhid.count("-> Offline"), 0, "{:?}", dhid.lines());
     assert_eq!(hooks.count("on"), 1);

@@ -1,0 +1,240 @@
+//! The command line, start-up and exit status of the dhid binary. None of
+//! these needs a server: the records point at a loopback port nobody uses.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::conf::conf_password;
+use common::dhid::Dhid;
+use common::free_udp_port;
+use common::tmp::TempDir;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dhid");
+const SHORT: Duration = Duration::from_secs(10);
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_prints_usage_and_succeeds() {
+    let out = Dhid::run(&["-h"]);
+    assert!(out.status.success());
+    let usage = text(&out.stdout);
+    for flag in ["-f", "-p", "-P", "-F", "-t", "-v"] {
+        assert!(usage.contains(flag), "{flag} missing from {usage}");
+    }
+}
+
+#[test]
+fn bad_options_are_usage_errors() {
+    let out = Dhid::run(&["-l", "/etc/dhid.conf"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("-f"), "{}", text(&out.stderr));
+
+    for port in ["7oo0", "0", "70000", "-5", ""] {
+        let out = Dhid::run(&["-F", "-p", port, "-f", "/nonexistent"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "-p {port:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains("-p"), "{}", text(&out.stderr));
+    }
+}
+
+#[test]
+fn config_errors_exit_1_with_file_and_line() {
+    let dir = TempDir::new("cli-conf");
+    let conf = dir.write_mode(
+        "dhid.conf",
+        "{\nHostID abc\nHostPass x\nISAddr 127.0.0.1\n}\n",
+        0o600,
+    );
+    for foreground in [true, false] {
+        let mut args = vec!["-f", conf.to_str().unwrap(), "-p", "1"];
+        if foreground {
+            args.push("-F");
+        }
+        let out = Dhid::run(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        let err = text(&out.stderr);
+        assert!(err.contains(&format!("{}:2:", conf.display())), "{err}");
+    }
+
+    let out = Dhid::run(&["-F", "-f", "/nonexistent/dhid.conf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("/nonexistent/dhid.conf"));
+}
+
+#[test]
+fn check_reports_records_without_secrets() {
+    let dir = TempDir::new("cli-check");
+    let conf = conf_password(1000, "topsecret", 58977, &[]);
+    let path = dir.write_mode("dhid.conf", &conf, 0o600);
+    let out = Dhid::run(&["-t", "-f", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("HostID 1000") && stdout.contains("configuration OK"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("topsecret") && !text(&out.stderr).contains("topsecret"));
+}
+
+#[test]
+fn a_busy_port_is_a_start_up_error() {
+    let port = free_udp_port();
+    let _holder = UdpSocket::bind(("0.0.0.0", port)).unwrap();
+    let dir = TempDir::new("cli-busy");
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    let pidfile = dir.join("dhid.pid");
+    let port_arg = port.to_string();
+    let out = Dhid::run(&[
+        "-f",
+        path.to_str().unwrap(),
+        "-p",
+        &port_arg,
+        "-P",
+        pidfile.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("failed to open incoming udp socket on port"));
+    assert!(!pidfile.exists());
+}
+
+/// A detaching start returns once the daemon runs and its pid file is
+/// written; the pid file is locked against a second dhid.
+#[test]
+fn detached_start_writes_a_locked_pid_file() {
+    let dir = TempDir::new("cli-detach");
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    let pidfile = dir.join("dhid.pid");
+    let args = |port: u16| {
+        vec![
+            "-f".to_string(),
+            path.display().to_string(),
+            "-p".to_string(),
+            port.to_string(),
+            "-P".to_string(),
+            pidfile.display().to_string(),
+        ]
+    };
+    let status = Command::new(BIN)
+        .args(args(free_udp_port()))
+        .env("DHID_TEST_INSTANCE", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("pid file written before the parent exits")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        kill(Pid::from_raw(pid), None).is_ok(),
+        "daemon {pid} not running"
+    );
+
+    let second = Command::new(BIN)
+        .args(args(free_udp_port()))
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = text(&second.stderr);
+    assert!(
+        err.contains("another dhid") && err.contains(&pid.to_string()),
+        "{err}"
+    );
+
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let gone = common::wait_until(SHORT, Duration::from_millis(20), || !pidfile.exists());
+    assert!(gone, "pid file not removed on TERM");
+    assert!(common::procs::wait_gone(pid, SHORT));
+}
+
+#[test]
+fn an_unwritable_pid_file_names_the_option() {
+    let dir = TempDir::new("cli-pid");
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    let port = free_udp_port().to_string();
+    let out = Dhid::run(&[
+        "-F",
+        "-f",
+        path.to_str().unwrap(),
+        "-p",
+        &port,
+        "-P",
+        "/nonexistent/dir/dhid.pid",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("-P") && err.contains("/nonexistent/dir/dhid.pid"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_stale_pid_file_is_replaced() {
+    let dir = TempDir::new("cli-stale");
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    let mut dhid = Dhid::start(&std::fs::read_to_string(&path).unwrap(), &[]);
+    assert!(dhid.wait_line("daemon started", SHORT).is_some());
+    let pidfile = dhid.pidfile();
+    dhid.signal(Signal::SIGTERM);
+    dhid.wait_exit(SHORT).unwrap();
+
+    // A pid that cannot be running: beyond pid_max.
+    std::fs::write(&pidfile, "99999999\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "-F",
+            "-f",
+            path.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+        ])
+        .args(["-p", &free_udp_port().to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = out.id() as i32;
+    let written = common::wait_until(SHORT, Duration::from_millis(20), || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim() == pid.to_string())
+    });
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let output = out.wait_with_output().unwrap();
+    assert!(written, "stale pid file not replaced");
+    assert!(
+        text(&output.stderr).contains("stale pid file"),
+        "{}",
+        text(&output.stderr)
+    );
+}
