@@ -356,6 +356,48 @@ mod tests {
         assert_eq!(parse_number(&answer), BigUint::from(4u32));
     }
 
+    /// Deterministic bytes for tests (splitmix64), not for real keys.
+    fn test_fill(seed: u64) -> impl FnMut(&mut [u8]) {
+        let mut state = seed;
+        move |buf: &mut [u8]| {
+            for b in buf {
+                state = splitmix64(state);
+                *b = state as u8;
+            }
+        }
+    }
+
+    #[test]
+    fn generated_keys_answer_random_challenges() {
+        let mut fill = test_fill(7);
+        let p = random_prime_3mod4(100, &mut fill);
+        let q = random_prime_3mod4(100, &mut fill);
+        assert_eq!(p.to_str_radix(10).len(), 100);
+        assert_eq!(&p % 4u32, BigUint::from(3u32));
+        let key = QrcKey::new(p.clone(), q.clone()).unwrap();
+
+        for i in 0..20u64 {
+            // The server's X is a square, so it is the principal root of Y.
+            let mut bytes = [0u8; 90];
+            test_fill(100 + i)(&mut bytes);
+            let r = BigUint::from_bytes_be(&bytes) % key.modulus();
+            let x = (&r * &r) % key.modulus();
+            let y = (&x * &x) % key.modulus();
+            let answer = key.answer(&to_number(&y));
+            assert_eq!(answer.digits().len(), NUMBER_LEN);
+            assert_eq!(parse_number(&answer), x, "challenge {i}");
+        }
+    }
+
+    #[test]
+    fn key_lines_are_split_and_padded() {
+        let n = BigUint::from(12345u32);
+        let lines = split_lines("AuthN", &n, 50, 200);
+        assert_eq!(lines.len(), 4);
+        assert!(lines.iter().all(|l| l.len() == "AuthN ".len() + 50));
+        assert!(lines[3].ends_with("12345"));
+    }
+
     #[test]
     fn capture_keys_are_valid() {
         assert!(QrcKey::from_decimal(P, Q).is_ok());
