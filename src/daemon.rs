@@ -6,6 +6,7 @@
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
@@ -15,7 +16,8 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::time::clock_gettime;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::RecordConfig;
+use crate::config::{self, RecordConfig};
+use crate::notify;
 use crate::engine::Engine;
 use crate::hooks::{self, Facts, Hooks, Kind};
 use crate::record::{Event, OfflineReason, Policy, Time, Transmit};
@@ -60,6 +62,7 @@ pub struct Daemon {
     resolver: Resolver,
     engine: Engine,
     configs: Vec<RecordConfig>,
+    config_path: PathBuf,
     hooks: Hooks,
     outbox: std::collections::VecDeque<Transmit>,
     shutdown_by: Option<Time>,
@@ -74,7 +77,12 @@ fn seed() -> u64 {
 }
 
 impl Daemon {
-    pub fn new(socket: UdpSocket, configs: Vec<RecordConfig>, port: u16) -> io::Result<Daemon> {
+    pub fn new(
+        socket: UdpSocket,
+        configs: Vec<RecordConfig>,
+        config_path: PathBuf,
+        port: u16,
+    ) -> io::Result<Daemon> {
         let timer = TimerFd::new(
             ClockId::CLOCK_BOOTTIME,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -87,6 +95,7 @@ impl Daemon {
             resolver: Resolver::new()?,
             engine,
             configs,
+            config_path,
             hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
             outbox: Default::default(),
             shutdown_by: None,
@@ -310,15 +319,51 @@ impl Daemon {
                 }
                 Sig::Term | Sig::Int if self.shutdown_by.is_none() => {
                     info!("daemon exiting");
+                    notify::notify("STOPPING=1");
                     self.engine.take_all_offline(now, OfflineReason::Shutdown);
                     self.shutdown_by = Some(now + hooks::DEFAULT_TIMEOUT);
                 }
                 Sig::Term | Sig::Int => {}
                 Sig::Usr1 => self.report_status(now),
-                Sig::Hup => info!("SIGHUP: configuration reload is not supported yet"),
+                Sig::Hup => self.reload(now),
                 Sig::Child => self.hooks.check(now),
             }
         }
+    }
+
+    /// SIGHUP: read the configuration again. Records with the same HostID
+    /// and servers keep their sessions; removed ones go offline; new ones
+    /// start. A file with errors changes nothing.
+    fn reload(&mut self, now: Time) {
+        notify::notify("RELOADING=1");
+        let path = self.config_path.display().to_string();
+        match config::load(&self.config_path) {
+            Err(errors) => {
+                for e in &errors {
+                    error!("{e}");
+                }
+                error!("{path} not reloaded: {} errors; the old configuration stays", errors.len());
+            }
+            Ok(new) => {
+                for w in &new.warnings {
+                    warn!("{path}:{}: {}", w.line, w.message);
+                }
+                let plan = self.engine.plan_reload(&new.records);
+                self.engine.retire(now, &plan);
+                // Removed records' events name the old table.
+                self.drain_engine();
+                self.engine.apply(now, &new.records, &plan);
+                self.configs = new.records;
+                let kept = plan.kept.iter().flatten().count();
+                info!(
+                    "{path} reloaded: {} records, {kept} kept, {} new, {} removed",
+                    self.configs.len(),
+                    self.configs.len() - kept,
+                    plan.removed.len()
+                );
+            }
+        }
+        notify::notify("READY=1");
     }
 
     fn report_status(&self, now: Time) {

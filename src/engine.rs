@@ -22,7 +22,20 @@ pub struct Engine {
     scheduled: Vec<Option<Time>>,
     /// Records whose OFFLINE_REQ may have taken a session they share with
     /// other records down; those are re-authenticated once it is sent.
-    shared_offline: Vec<(usize, Ipv4Addr, u32)>,
+    shared_offline: Vec<(u64, Ipv4Addr, u32)>,
+    /// Records removed by a reload that still send OFFLINE_REQ copies.
+    retired: Vec<Record>,
+    policy: Policy,
+    next_uid: u64,
+}
+
+/// How a new record table maps onto the old one (SIGHUP).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReloadPlan {
+    /// For each new record, the old record it continues, if any.
+    pub kept: Vec<Option<usize>>,
+    /// Old records that are gone.
+    pub removed: Vec<usize>,
 }
 
 impl Engine {
@@ -30,24 +43,89 @@ impl Engine {
         let records: Vec<Record> = configs
             .iter()
             .enumerate()
-            .map(|(i, c)| Record::new(i, c, &policy, now))
+            .map(|(i, c)| Record::new(i, i as u64, c, &policy, now))
             .collect();
-        let mut by_hostid: HashMap<u32, Vec<usize>> = HashMap::new();
-        for r in &records {
-            by_hostid.entry(r.hostid).or_default().push(r.index);
-        }
         let mut engine = Engine {
-            scheduled: vec![None; records.len()],
+            scheduled: Vec::new(),
+            next_uid: records.len() as u64,
             records,
-            by_hostid,
+            by_hostid: HashMap::new(),
             ctx: Ctx::new(port, seed, policy),
             heap: BinaryHeap::new(),
             shared_offline: Vec::new(),
+            retired: Vec::new(),
+            policy,
         };
-        for i in 0..engine.records.len() {
-            engine.reschedule(i);
-        }
+        engine.index();
         engine
+    }
+
+    /// Rebuild the HostID map and the deadline heap after the table changed.
+    fn index(&mut self) {
+        self.by_hostid.clear();
+        for r in &self.records {
+            self.by_hostid.entry(r.hostid).or_default().push(r.index);
+        }
+        self.heap.clear();
+        self.scheduled = vec![None; self.records.len()];
+        for i in 0..self.records.len() {
+            self.reschedule(i);
+        }
+    }
+
+    /// Which records of a new configuration continue old ones: the same
+    /// HostID with the same servers.
+    pub fn plan_reload(&self, configs: &[RecordConfig]) -> ReloadPlan {
+        let mut taken = vec![false; self.records.len()];
+        let kept: Vec<Option<usize>> = configs
+            .iter()
+            .map(|c| {
+                let i = (0..self.records.len())
+                    .find(|&i| !taken[i] && self.records[i].same_as(c))?;
+                taken[i] = true;
+                Some(i)
+            })
+            .collect();
+        let removed = (0..self.records.len()).filter(|&i| !taken[i]).collect();
+        ReloadPlan { kept, removed }
+    }
+
+    /// First step of a reload: take the removed records offline. Their
+    /// events still name the old table, so drain them before `apply`.
+    pub fn retire(&mut self, now: Time, plan: &ReloadPlan) {
+        for &i in &plan.removed {
+            self.take_offline(now, i, OfflineReason::Removed);
+        }
+    }
+
+    /// Second step of a reload: the new table.
+    pub fn apply(&mut self, now: Time, configs: &[RecordConfig], plan: &ReloadPlan) {
+        let mut old: Vec<Option<Record>> = std::mem::take(&mut self.records)
+            .into_iter()
+            .map(Some)
+            .collect();
+        for &i in &plan.removed {
+            if let Some(mut r) = old[i].take()
+                && r.has_resend()
+            {
+                r.retire();
+                self.retired.push(r);
+            }
+        }
+        for (k, config) in configs.iter().enumerate() {
+            let record = match plan.kept[k].and_then(|i| old[i].take()) {
+                Some(mut r) => {
+                    r.update(k, config, now, &mut self.ctx);
+                    r
+                }
+                None => {
+                    self.next_uid += 1;
+                    Record::new(k, self.next_uid, config, &self.policy, now)
+                }
+            };
+            self.records.push(record);
+        }
+        self.index();
     }
 
     pub fn records(&self) -> &[Record] {
@@ -68,16 +146,18 @@ impl Engine {
 
     /// The earliest deadline of any record.
     pub fn poll_timeout(&mut self) -> Option<Time> {
+        let retired = self.retired.iter().map(Record::deadline).min();
         while let Some(Reverse((at, i))) = self.heap.peek().copied() {
             if self.scheduled[i] == Some(at) {
-                return Some(at);
+                return Some(retired.map_or(at, |r| r.min(at)));
             }
             self.heap.pop();
         }
-        None
+        retired
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
+        self.handle_retired(now);
         while let Some(Reverse((at, i))) = self.heap.peek().copied() {
             if at > now {
                 break;
@@ -89,8 +169,26 @@ impl Engine {
             self.scheduled[i] = None;
             let had_resend = self.records[i].has_resend();
             self.records[i].on_timeout(now, &mut self.ctx);
-            self.after_offline_copies(i, had_resend);
+            if had_resend && !self.records[i].has_resend() {
+                self.after_offline_copies(self.records[i].uid);
+            }
             self.reschedule(i);
+        }
+    }
+
+    fn handle_retired(&mut self, now: Time) {
+        let mut done = Vec::new();
+        for r in &mut self.retired {
+            if r.deadline() <= now {
+                r.on_timeout(now, &mut self.ctx);
+                if !r.has_resend() {
+                    done.push(r.uid);
+                }
+            }
+        }
+        self.retired.retain(Record::has_resend);
+        for uid in done {
+            self.after_offline_copies(uid);
         }
     }
 
@@ -144,7 +242,7 @@ impl Engine {
 
     pub fn take_offline(&mut self, now: Time, i: usize, reason: OfflineReason) {
         if let Some((dest, sid)) = self.records[i].session() {
-            self.shared_offline.push((i, *dest.ip(), sid));
+            self.shared_offline.push((self.records[i].uid, *dest.ip(), sid));
         }
         self.records[i].take_offline(now, reason, &mut self.ctx);
         self.reschedule(i);
@@ -152,22 +250,20 @@ impl Engine {
 
     /// True while OFFLINE_REQ copies are still to go out.
     pub fn sending_offline(&self) -> bool {
-        self.records.iter().any(Record::has_resend)
+        self.records.iter().chain(&self.retired).any(Record::has_resend)
     }
 
     /// dhisd gives one session id to every host that logs in within the
     /// same second and takes offline whichever host holds the id named in
-    /// an OFFLINE_REQ (PROTOCOL.md 8.2, 8.5). So once record `i`'s last
-    /// copy is out, every record of ours still online at that server with
-    /// the same session id logs in again, to be online there for sure.
-    fn after_offline_copies(&mut self, i: usize, had_resend: bool) {
-        if !had_resend || self.records[i].has_resend() {
-            return;
-        }
+    /// an OFFLINE_REQ (PROTOCOL.md 8.2, 8.5). So once the last copy of
+    /// record `uid` is out, every record of ours still online at that
+    /// server with the same session id logs in again, to be online there
+    /// for sure.
+    fn after_offline_copies(&mut self, uid: u64) {
         let (done, rest): (Vec<_>, Vec<_>) = self
             .shared_offline
             .drain(..)
-            .partition(|&(owner, _, _)| owner == i);
+            .partition(|&(owner, _, _)| owner == uid);
         self.shared_offline = rest;
         for (_, ip, sid) in done {
             for j in 0..self.records.len() {

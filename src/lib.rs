@@ -7,5 +7,15 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod hooks;
+pub mod logging;
+pub mod notify;
+pub mod pidfile;
 pub mod qrc;
+pub mod record;
+pub mod resolver;
+pub mod signals;
+pub mod testserver;
 pub mod wire;

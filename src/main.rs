@@ -162,7 +162,17 @@ fn load(path: &Path) -> Result<Config, ()> {
     Ok(config)
 }
 
+/// `path` made absolute: the daemon works in `/` once detached, and
+/// rereads the configuration there on SIGHUP.
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_path_buf();
+    }
+    std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+}
+
 fn start(cli: &Cli) -> Result<(), ()> {
+    let cli = &Cli { config: absolute(&cli.config), pidfile: absolute(&cli.pidfile), ..*cli };
     let level = logging::level_for(cli.verbose);
     if cli.foreground {
         logging::init_stderr(level);
@@ -212,7 +222,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
         }
     };
 
-    let mut daemon = match Daemon::new(socket, config.records, cli.port) {
+    let mut daemon = match Daemon::new(socket, config.records, cli.config.clone(), cli.port) {
         Ok(d) => d,
         Err(e) => {
             let msg = format!("cannot start: {e}");
@@ -223,6 +233,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
         }
     };
     report(ready, Ok(()));
+    dhid::notify::ready();
 
     let result = daemon.run();
     pidfile.remove();

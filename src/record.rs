@@ -317,7 +317,11 @@ pub struct Status {
 
 pub struct Record {
     pub index: usize,
+    /// Unique for the life of the engine, unlike `index`, which a reload
+    /// changes.
+    pub uid: u64,
     pub hostid: u32,
+    auth: Auth,
     secret: Secret,
     refresh_proposal: u32,
     period: Duration,
@@ -332,10 +336,12 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(index: usize, config: &RecordConfig, policy: &Policy, now: Time) -> Record {
+    pub fn new(index: usize, uid: u64, config: &RecordConfig, policy: &Policy, now: Time) -> Record {
         Record {
             index,
+            uid,
             hostid: config.hostid,
+            auth: config.auth.clone(),
             secret: Secret::new(&config.auth),
             refresh_proposal: config.refresh_proposal,
             period: Duration::from_secs(config.refresh_period().into()),
@@ -842,6 +848,48 @@ impl Record {
         let dest = o.dest;
         o.reauth = Some(Pending { lowercase: false });
         self.send_auth(dest, Pending { lowercase: false }, ctx);
+    }
+
+    /// Adopt an edited record that kept its HostID and servers (SIGHUP): new
+    /// hooks and refresh apply at once; a changed password or key logs in
+    /// again in place, so the session survives unless the server refuses.
+    pub fn update(&mut self, index: usize, config: &RecordConfig, now: Time, ctx: &mut Ctx) {
+        self.index = index;
+        for (server, spec) in self.servers.iter_mut().zip(&config.servers) {
+            server.spec.line = spec.line;
+        }
+        self.refresh_proposal = config.refresh_proposal;
+        self.period = Duration::from_secs(config.refresh_period().into());
+        let period = self.period();
+        if let State::Online(o) = &mut self.state {
+            o.next_refresh = o.next_refresh.min(now + period);
+        }
+
+        if self.auth == config.auth {
+            return;
+        }
+        self.auth = config.auth.clone();
+        self.secret = Secret::new(&config.auth);
+        match self.state {
+            State::Online(_) => self.reauthenticate(ctx),
+            State::Auth { .. } => self.set_state(now, State::Poll { next: now, attempt: 0 }),
+            State::Poll { .. } => {}
+        }
+    }
+
+    /// Removed from the configuration: it only finishes its OFFLINE_REQ
+    /// copies from now on.
+    pub fn retire(&mut self) {
+        self.state = State::Poll { next: Duration::MAX, attempt: 0 };
+    }
+
+    /// The same record for a reload: same HostID, same servers in order.
+    pub fn same_as(&self, config: &RecordConfig) -> bool {
+        self.hostid == config.hostid
+            && self.servers.len() == config.servers.len()
+            && self.servers.iter().zip(&config.servers).all(|(s, c)| {
+                s.spec.port == c.port && s.spec.host == c.host
+            })
     }
 
     /// The index of the server owning a datagram from `src` naming `rport`.

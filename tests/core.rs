@@ -42,6 +42,7 @@ fn pass_record(hostid: u32, pass: &str) -> RecordConfig {
     record(hostid, Auth::Password(pass.into()), &[(SERVER, SPORT)], 60)
 }
 
+#[derive(Clone)]
 struct Sent {
     dest: SocketAddrV4,
     msg: Message,
@@ -697,4 +698,66 @@ fn encoder_matches_the_captures() {
         wire::decode(&check).unwrap().body,
         Body::CheckReq { refresh: 60 }
     );
+}
+
+#[test]
+fn reload_keeps_unchanged_records_and_retires_removed_ones() {
+    let old = [pass_record(1, "a"), pass_record(2, "b"), pass_record(3, "c")];
+    let mut sim = Sim::new(&old);
+    let sent = sim.advance_to(Duration::ZERO);
+    for (i, hostid) in [1, 2, 3].into_iter().enumerate() {
+        sim.login(hostid, 10 + hostid, &sent[i]);
+    }
+    sim.take_events();
+    sim.advance_to(secs(5.0));
+
+    // 1 unchanged, 2 removed, 3 with a new password, 4 new.
+    let new = [pass_record(1, "a"), pass_record(3, "c2"), pass_record(4, "d")];
+    let plan = sim.engine.plan_reload(&new);
+    assert_eq!(plan.kept, [Some(0), Some(2), None]);
+    assert_eq!(plan.removed, [1]);
+
+    sim.engine.retire(sim.now, &plan);
+    let sent = sim.drain();
+    assert_eq!(opcodes(&sent), ["OFFLINE_REQ"]);
+    assert_eq!(sent[0].msg.header.hostid, 2);
+    assert!(matches!(
+        sim.take_events()[..],
+        [Event::Offline { record: 1, reason: OfflineReason::Removed, .. }]
+    ));
+
+    sim.engine.apply(sim.now, &new, &plan);
+    let sent = sim.drain();
+    // Record 3 logs in again in place with its new password; 4 starts.
+    let Body::AuthReq { password, .. } = sent[0].msg.body else { panic!("{:?}", sent[0].msg) };
+    assert_eq!((sent[0].msg.header.hostid, password.text()), (3, &b"c2"[..]));
+    let sent = [sent, sim.advance_to(sim.now)].concat();
+    assert!(sent.iter().any(|s| s.msg.header.hostid == 4 && s.msg.body == Body::EchoReq));
+
+    let address = Ipv4Addr::new(192, 0, 2, 7);
+    sim.receive(SERVER, SPORT, 3, Body::AuthAck { sid: 13, address });
+    assert!(sim.take_events().is_empty(), "a kept record does not bounce");
+    assert!(sim.engine.records()[0].is_online() && sim.engine.records()[1].is_online());
+
+    // The removed record still sends its remaining copies, then is gone.
+    let sent = sim.advance_to(sim.now + secs(1.0));
+    let offline: Vec<_> = sent.iter().filter(|s| s.msg.body.opcode() == wire::OFFLINE_REQ).collect();
+    assert_eq!(offline.len(), 2);
+    assert!(offline.iter().all(|s| s.msg.header.hostid == 2));
+    assert!(!sim.engine.sending_offline());
+}
+
+#[test]
+fn a_refused_new_password_takes_a_kept_record_offline() {
+    let mut sim = online_sim(1, "a");
+    let new = [pass_record(1, "bad")];
+    let plan = sim.engine.plan_reload(&new);
+    sim.engine.retire(sim.now, &plan);
+    sim.engine.apply(sim.now, &new, &plan);
+    assert_eq!(opcodes(&sim.drain()), ["AUTH_REQ"]);
+    sim.receive(SERVER, SPORT, 1, Body::AuthDeny);
+    assert!(matches!(
+        sim.take_events()[..],
+        [Event::Offline { reason: OfflineReason::Refused, .. }, Event::Refused { .. }]
+    ));
 }
