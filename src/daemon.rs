@@ -346,7 +346,10 @@ impl Daemon {
             }
             Ok(new) => {
                 for w in &new.warnings {
-                    warn!("{path}:{}: {}", w.line, w.message);
+                    match w.line {
+                        0 => warn!("{path}: {}", w.message),
+                        line => warn!("{path}:{line}: {}", w.message),
+                    }
                 }
                 let plan = self.engine.plan_reload(&new.records);
                 self.engine.retire(now, &plan);

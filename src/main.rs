@@ -99,12 +99,7 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     for w in &config.warnings {
-        eprintln!(
-            "dhid: {}:{}: warning: {}",
-            path.display(),
-            w.line,
-            w.message
-        );
+        eprintln!("dhid: warning: {}", warning_text(path, w));
     }
     for r in &config.records {
         let servers: Vec<String> = r.servers.iter().map(|s| s.to_string()).collect();
@@ -149,6 +144,14 @@ fn genkeys() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+fn warning_text(path: &Path, w: &config::Warning) -> String {
+    if w.line == 0 {
+        format!("{}: {}", path.display(), w.message)
+    } else {
+        format!("{}:{}: {}", path.display(), w.line, w.message)
+    }
+}
+
 fn load(path: &Path) -> Result<Config, ()> {
     let config = config::load(path).map_err(|errors| {
         print_errors(&errors);
@@ -156,9 +159,6 @@ fn load(path: &Path) -> Result<Config, ()> {
             error!("{e}");
         }
     })?;
-    for w in &config.warnings {
-        warn!("{}:{}: {}", path.display(), w.line, w.message);
-    }
     Ok(config)
 }
 
@@ -192,6 +192,12 @@ fn start(cli: &Cli) -> Result<(), ()> {
         error!("{msg}");
     })?;
 
+    if !cli.foreground {
+        // Shown once where the administrator started dhid, then logged.
+        for w in &config.warnings {
+            eprintln!("dhid: warning: {}", warning_text(&cli.config, w));
+        }
+    }
     let ready = if cli.foreground {
         None
     } else {
@@ -202,7 +208,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     }
     info!("daemon started");
     for w in &config.warnings {
-        warn!("{}:{}: {}", cli.config.display(), w.line, w.message);
+        warn!("{}", warning_text(&cli.config, w));
     }
 
     let pidfile = match PidFile::create(&cli.pidfile) {

@@ -761,3 +761,64 @@ fn a_refused_new_password_takes_a_kept_record_offline() {
         [Event::Offline { reason: OfflineReason::Refused, .. }, Event::Refused { .. }]
     ));
 }
+
+fn named_record(hostid: u32, name: &str) -> RecordConfig {
+    let mut config = pass_record(hostid, "pw");
+    config.servers = vec![ServerSpec { host: Host::Name(name.into()), port: SPORT, line: 3 }];
+    config
+}
+
+/// Boot before the network: the name does not resolve yet. Every attempt
+/// asks again, on the usual backoff, and the first answer is used at once.
+#[test]
+fn an_unresolved_name_is_asked_again_on_every_attempt() {
+    let mut sim = Sim::new(&[named_record(1, "dhis.example.net"), pass_record(2, "pw")]);
+    let sent = sim.advance_to(Duration::ZERO);
+    // The record with an address is not held up by the one with a name.
+    assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
+    assert_eq!(sent[0].msg.header.hostid, 2);
+    let asks = |events: Vec<Event>| {
+        events.iter().filter(|e| matches!(e, Event::Resolve { record: 0, .. })).count()
+    };
+    assert_eq!(asks(sim.take_events()), 1);
+
+    sim.engine.handle_resolved(0, 0, Vec::new());
+    assert!(sim.drain().is_empty(), "no address, nothing to send");
+    let at = sim.engine.records()[0].deadline();
+    assert!(at >= secs(1.6) && at <= secs(2.4), "{at:?}");
+    sim.advance_to(at);
+    assert_eq!(asks(sim.take_events()), 1);
+
+    // The network came up: the answer sends the ECHO_REQ at once.
+    let multi = vec![Ipv4Addr::new(127, 0, 0, 5), Ipv4Addr::new(127, 0, 0, 6)];
+    sim.engine.handle_resolved(0, 0, multi);
+    let sent = sim.drain();
+    assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
+    assert_eq!(sent[0].dest, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), SPORT));
+
+    // A multi-homed server may answer from its other address.
+    let serial = sent[0].msg.header.serial;
+    let other = Ipv4Addr::new(127, 0, 0, 6);
+    let sent = sim.receive(other, SPORT, 1, Body::EchoAck { echo_serial: serial });
+    assert_eq!(opcodes(&sent), ["AUTH_REQ"]);
+    assert_eq!(sent[0].dest, SocketAddrV4::new(other, SPORT));
+    // But not from an address outside the name's resolution.
+    let address = Ipv4Addr::new(192, 0, 2, 1);
+    assert!(sim.receive(STRANGER, SPORT, 1, Body::AuthAck { sid: 1, address }).is_empty());
+    sim.receive(other, SPORT, 1, Body::AuthAck { sid: 1, address });
+    assert!(sim.take_events().iter().any(|e| matches!(e, Event::Online { record: 0, .. })));
+}
+
+/// Wall-clock steps do not exist for the core: it only sees the daemon's
+/// CLOCK_BOOTTIME. A step back an hour or forward a day on the wall clock
+/// leaves that clock alone, so nothing happens.
+#[test]
+fn keepalives_follow_the_monotonic_clock_only() {
+    let mut sim = online_sim(1, "pw");
+    let deadline = sim.engine.poll_timeout();
+    for _ in 0..100 {
+        sim.engine.handle_timeout(sim.now);
+    }
+    assert!(sim.drain().is_empty());
+    assert_eq!(sim.engine.poll_timeout(), deadline);
+}
