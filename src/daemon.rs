@@ -27,6 +27,11 @@ use crate::signals::{Sig, Signals};
 /// Receive buffer asked for: room for the answers to a burst of logins.
 const RCVBUF: usize = 4 << 20;
 
+/// Datagrams sent per turn of the loop. An answer takes about 1 KiB of
+/// receive buffer (the kernel's per-datagram overhead), so this many
+/// in flight fit the buffer many times over.
+const SEND_BATCH: usize = 256;
+
 /// The clock of every deadline: monotonic, and counting suspended time, so
 /// that after a resume dhid knows the server has timed it out.
 pub fn now() -> Time {
@@ -197,8 +202,12 @@ impl Daemon {
         }
     }
 
+    /// Send what is queued, at most `SEND_BATCH` at a time: the loop then
+    /// reads what came back before sending more, so that the answers to a
+    /// burst (10 000 records starting) fit the receive buffer.
     fn flush_outbox(&mut self) {
-        while let Some(t) = self.outbox.front() {
+        for _ in 0..SEND_BATCH {
+            let Some(t) = self.outbox.front() else { return };
             match self.socket.send_to(t.datagram.as_bytes(), t.dest) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,

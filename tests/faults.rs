@@ -210,7 +210,10 @@ fn a_hanging_hook_is_killed_and_holds_up_nothing() {
     let dhisd = Dhisd::start(&[DbHost::password(1, "a"), DbHost::password(2, "b")]);
     let hooks = HookProbe::new();
     let port = dhisd.port();
-    let conf = conf_password(1, "a", port, &["OnCmd sleep 1000"])
+    let dir = TempDir::new("hang");
+    let hang = dir.write_mode("hang.sh", "#!/bin/sh\nsleep 1000\n", 0o755);
+    let hang_cmd = format!("OnCmd {}", hang.display());
+    let conf = conf_password(1, "a", port, &[&hang_cmd])
         + &conf_password(2, "b", port, &[&hooks.on_cmd("on")])
         + &conf_password(3, "c", port, &["OnCmd /nonexistent/dhid-hook"]);
     let dhid = Dhid::start(&conf, &[]);
