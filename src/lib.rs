@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod engine;
 pub mod hooks;
 pub mod logging;
+pub mod memory;
 pub mod notify;
 pub mod pidfile;
 pub mod qrc;

@@ -3,7 +3,7 @@
 //! logged once and then summarised, so a dead network does not fill a disk.
 
 use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
@@ -60,18 +60,27 @@ pub fn init_syslog(level: LevelFilter) {
     install(Sink::Syslog(syslog::unix(formatter()).ok()), level);
 }
 
+static LOGGER: OnceLock<&'static Logger> = OnceLock::new();
+
 fn install(sink: Sink, level: LevelFilter) {
-    let repeat = Repeat {
-        last: String::new(),
-        count: 0,
-    };
-    let logger = Logger {
-        sink: Mutex::new((sink, repeat)),
-        level,
-    };
+    let repeat = Repeat { last: String::new(), count: 0 };
+    let logger: &'static Logger =
+        Box::leak(Box::new(Logger { sink: Mutex::new((sink, repeat)), level }));
     // A second call (tests) keeps the first logger; that is harmless.
-    if log::set_boxed_logger(Box::new(logger)).is_ok() {
+    if log::set_logger(logger).is_ok() {
         log::set_max_level(level);
+        let _ = LOGGER.set(logger);
+    }
+}
+
+/// Connect to syslog again, after fork: each line carries the pid, and
+/// the daemon's is not the launcher's.
+pub fn reopen_syslog() {
+    if let Some(logger) = LOGGER.get()
+        && let Ok(mut guard) = logger.sink.lock()
+        && let Sink::Syslog(conn) = &mut guard.0
+    {
+        *conn = syslog::unix(formatter()).ok();
     }
 }
 

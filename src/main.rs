@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use log::{error, info, warn};
 
-use dhid::config::{self, Auth, Config};
+use dhid::config::{self, Auth};
 use dhid::daemon::{self, Daemon};
 use dhid::pidfile::PidFile;
 use dhid::{logging, qrc};
@@ -84,17 +84,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn print_errors(errors: &[config::ConfigError]) {
-    for e in errors {
-        eprintln!("dhid: {e}");
-    }
-}
 
 fn check(path: &Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
         Err(errors) => {
-            print_errors(&errors);
+            for e in &errors {
+                eprintln!("dhid: {e}");
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -152,14 +149,13 @@ fn warning_text(path: &Path, w: &config::Warning) -> String {
     }
 }
 
-fn load(path: &Path) -> Result<Config, ()> {
-    let config = config::load(path).map_err(|errors| {
-        print_errors(&errors);
-        for e in &errors {
-            error!("{e}");
-        }
-    })?;
-    Ok(config)
+/// A fatal start-up error: to the log, and to stderr too when the log is
+/// syslog, so that whoever started dhid sees it.
+fn fatal(cli: &Cli, msg: &str) {
+    if !cli.foreground {
+        eprintln!("dhid: {msg}");
+    }
+    error!("{msg}");
 }
 
 /// `path` made absolute: the daemon works in `/` once detached, and
@@ -176,20 +172,23 @@ fn start(cli: &Cli) -> Result<(), ()> {
     let level = logging::level_for(cli.verbose);
     if cli.foreground {
         logging::init_stderr(level);
-    } else if !logging::syslog_available() {
-        eprintln!("dhid: no syslog socket (/dev/log); running without a log");
+    } else {
+        if !logging::syslog_available() {
+            eprintln!("dhid: no syslog socket (/dev/log); running without a log");
+        }
+        logging::init_syslog(level);
     }
 
     // Everything that can fail for a reason the administrator must fix
     // happens before detaching, so the exit status tells.
-    let config = load(&cli.config)?;
+    let config = config::load(&cli.config).map_err(|errors| {
+        for e in &errors {
+            fatal(cli, &e.to_string());
+        }
+    })?;
     let socket = daemon::bind(cli.port).map_err(|e| {
-        let msg = format!(
-            "failed to open incoming udp socket on port {}: {e}",
-            cli.port
-        );
-        eprintln!("dhid: {msg}");
-        error!("{msg}");
+        let port = cli.port;
+        fatal(cli, &format!("failed to open incoming udp socket on port {port}: {e}"));
     })?;
 
     if !cli.foreground {
@@ -204,7 +203,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
         Some(detach()?)
     };
     if !cli.foreground {
-        logging::init_syslog(level);
+        logging::reopen_syslog();
     }
     info!("daemon started");
     for w in &config.warnings {
@@ -240,6 +239,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     };
     report(ready, Ok(()));
     dhid::notify::ready();
+    dhid::memory::trim_code_pages();
 
     let result = daemon.run();
     pidfile.remove();
