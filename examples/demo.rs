@@ -18,14 +18,26 @@ const KEYS: &str = include_str!("../tests/data/keys1.json");
 
 /// One number of the keys file, by name (`"p": 123...`).
 fn key(name: &str) -> String {
-    let start = KEYS.find(&format!("\"{name}\":")).expect("key in keys1.json") + name.len() + 3;
-    KEYS[start..].trim_start().chars().take_while(char::is_ascii_digit).collect()
+    let start = KEYS
+        .find(&format!("\"{name}\":"))
+        .expect("key in keys1.json")
+        + name.len()
+        + 3;
+    KEYS[start..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect()
 }
 
 fn free_port() -> u16 {
     // The OS picks; 58800 is left to a real dhisd that may run here.
     loop {
-        let port = UdpSocket::bind("0.0.0.0:0").unwrap().local_addr().unwrap().port();
+        let port = UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         if port != 58800 {
             return port;
         }
@@ -36,14 +48,19 @@ fn free_port() -> u16 {
 /// first if needed: `cargo run --example` does not build it by itself.
 fn dhid_binary() -> Result<PathBuf, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let profile_dir = exe.parent().and_then(|p| p.parent()).ok_or("no target directory")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(|p| p.parent())
+        .ok_or("no target directory")?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build.args(["build", "--quiet", "--bin", "dhid"]);
     if profile_dir.ends_with("release") {
         build.arg("--release");
     }
-    let status = build.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let status = build
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
     if !status.success() {
         return Err("cargo build --bin dhid failed".into());
     }
@@ -89,8 +106,11 @@ fn run() -> Result<(), String> {
     );
     let conf_path = dir.join("dhid.conf");
     std::fs::write(&conf_path, conf).map_err(|e| e.to_string())?;
-    std::fs::set_permissions(&conf_path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| e.to_string())?;
+    std::fs::set_permissions(
+        &conf_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
     let pidfile = dir.join("dhid.pid");
 
     let args = [
@@ -111,15 +131,21 @@ fn run() -> Result<(), String> {
 
     let result = (|| {
         let secs = Duration::from_secs(5);
-        wait("both records online at the server", secs, || server.online_count() == 2)?;
+        wait("both records online at the server", secs, || {
+            server.online_count() == 2
+        })?;
         std::thread::sleep(Duration::from_millis(500));
         println!("demo: kill -USR2 {}", dhid.id());
         signal(&dhid, nix::sys::signal::Signal::SIGUSR2);
-        wait("both records offline at the server", secs, || server.online_count() == 0)?;
+        wait("both records offline at the server", secs, || {
+            server.online_count() == 0
+        })?;
         std::thread::sleep(Duration::from_millis(500));
         println!("demo: kill -TERM {}", dhid.id());
         signal(&dhid, nix::sys::signal::Signal::SIGTERM);
-        wait("dhid exited", secs, || matches!(dhid.try_wait(), Ok(Some(_))))?;
+        wait("dhid exited", secs, || {
+            matches!(dhid.try_wait(), Ok(Some(_)))
+        })?;
         if pidfile.exists() {
             return Err("dhid left its pid file behind".to_string());
         }

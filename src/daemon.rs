@@ -17,9 +17,9 @@ use nix::time::clock_gettime;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{self, RecordConfig};
-use crate::notify;
 use crate::engine::Engine;
 use crate::hooks::{self, Facts, Hooks, Kind};
+use crate::notify;
 use crate::record::{Event, OfflineReason, Policy, Time, Transmit};
 use crate::resolver::Resolver;
 use crate::signals::{Sig, Signals};
@@ -351,7 +351,10 @@ impl Daemon {
                 for e in &errors {
                     error!("{e}");
                 }
-                error!("{path} not reloaded: {} errors; the old configuration stays", errors.len());
+                error!(
+                    "{path} not reloaded: {} errors; the old configuration stays",
+                    errors.len()
+                );
             }
             Ok(new) => {
                 for w in &new.warnings {

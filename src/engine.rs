@@ -80,8 +80,8 @@ impl Engine {
         let kept: Vec<Option<usize>> = configs
             .iter()
             .map(|c| {
-                let i = (0..self.records.len())
-                    .find(|&i| !taken[i] && self.records[i].same_as(c))?;
+                let i =
+                    (0..self.records.len()).find(|&i| !taken[i] && self.records[i].same_as(c))?;
                 taken[i] = true;
                 Some(i)
             })
@@ -242,7 +242,8 @@ impl Engine {
 
     pub fn take_offline(&mut self, now: Time, i: usize, reason: OfflineReason) {
         if let Some((dest, sid)) = self.records[i].session() {
-            self.shared_offline.push((self.records[i].uid, *dest.ip(), sid));
+            self.shared_offline
+                .push((self.records[i].uid, *dest.ip(), sid));
         }
         self.records[i].take_offline(now, reason, &mut self.ctx);
         self.reschedule(i);
@@ -250,7 +251,10 @@ impl Engine {
 
     /// True while OFFLINE_REQ copies are still to go out.
     pub fn sending_offline(&self) -> bool {
-        self.records.iter().chain(&self.retired).any(Record::has_resend)
+        self.records
+            .iter()
+            .chain(&self.retired)
+            .any(Record::has_resend)
     }
 
     /// dhisd gives one session id to every host that logs in within the

@@ -63,9 +63,14 @@ pub fn init_syslog(level: LevelFilter) {
 static LOGGER: OnceLock<&'static Logger> = OnceLock::new();
 
 fn install(sink: Sink, level: LevelFilter) {
-    let repeat = Repeat { last: String::new(), count: 0 };
-    let logger: &'static Logger =
-        Box::leak(Box::new(Logger { sink: Mutex::new((sink, repeat)), level }));
+    let repeat = Repeat {
+        last: String::new(),
+        count: 0,
+    };
+    let logger: &'static Logger = Box::leak(Box::new(Logger {
+        sink: Mutex::new((sink, repeat)),
+        level,
+    }));
     // A second call (tests) keeps the first logger; that is harmless.
     if log::set_logger(logger).is_ok() {
         log::set_max_level(level);

@@ -84,7 +84,6 @@ fn main() -> ExitCode {
     }
 }
 
-
 fn check(path: &Path) -> ExitCode {
     let config = match config::load(path) {
         Ok(c) => c,
@@ -164,11 +163,17 @@ fn absolute(path: &Path) -> PathBuf {
     if path.is_absolute() {
         return path.to_path_buf();
     }
-    std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    std::env::current_dir()
+        .map(|d| d.join(path))
+        .unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn start(cli: &Cli) -> Result<(), ()> {
-    let cli = &Cli { config: absolute(&cli.config), pidfile: absolute(&cli.pidfile), ..*cli };
+    let cli = &Cli {
+        config: absolute(&cli.config),
+        pidfile: absolute(&cli.pidfile),
+        ..*cli
+    };
     let level = logging::level_for(cli.verbose);
     if cli.foreground {
         logging::init_stderr(level);
@@ -188,7 +193,10 @@ fn start(cli: &Cli) -> Result<(), ()> {
     })?;
     let socket = daemon::bind(cli.port).map_err(|e| {
         let port = cli.port;
-        fatal(cli, &format!("failed to open incoming udp socket on port {port}: {e}"));
+        fatal(
+            cli,
+            &format!("failed to open incoming udp socket on port {port}: {e}"),
+        );
     })?;
 
     if !cli.foreground {

@@ -34,9 +34,13 @@ fn code_mappings(maps: &str) -> Vec<(usize, usize)> {
 }
 
 pub fn trim_code_pages() {
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
     for (start, len) in code_mappings(&maps) {
-        let Some(addr) = NonNull::new(start as *mut std::ffi::c_void) else { continue };
+        let Some(addr) = NonNull::new(start as *mut std::ffi::c_void) else {
+            continue;
+        };
         for advice in [MmapAdvise::MADV_RANDOM, MmapAdvise::MADV_DONTNEED] {
             // SAFETY: the range is a whole private, read-only, file-backed
             // code mapping of this process. Neither advice changes what

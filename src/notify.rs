@@ -7,7 +7,9 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use log::debug;
 
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let path = path.to_string_lossy().into_owned();
     // A name starting with '@' is in the abstract namespace.
     let addr = match path.strip_prefix('@') {
@@ -25,5 +27,8 @@ pub fn notify(state: &str) {
 
 /// Start-up is done: the configuration is loaded and the socket bound.
 pub fn ready() {
-    notify(&format!("READY=1\nMAINPID={}\nSTATUS=running", std::process::id()));
+    notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=running",
+        std::process::id()
+    ));
 }

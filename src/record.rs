@@ -336,7 +336,13 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(index: usize, uid: u64, config: &RecordConfig, policy: &Policy, now: Time) -> Record {
+    pub fn new(
+        index: usize,
+        uid: u64,
+        config: &RecordConfig,
+        policy: &Policy,
+        now: Time,
+    ) -> Record {
         Record {
             index,
             uid,
@@ -872,7 +878,13 @@ impl Record {
         self.secret = Secret::new(&config.auth);
         match self.state {
             State::Online(_) => self.reauthenticate(ctx),
-            State::Auth { .. } => self.set_state(now, State::Poll { next: now, attempt: 0 }),
+            State::Auth { .. } => self.set_state(
+                now,
+                State::Poll {
+                    next: now,
+                    attempt: 0,
+                },
+            ),
             State::Poll { .. } => {}
         }
     }
@@ -880,16 +892,21 @@ impl Record {
     /// Removed from the configuration: it only finishes its OFFLINE_REQ
     /// copies from now on.
     pub fn retire(&mut self) {
-        self.state = State::Poll { next: Duration::MAX, attempt: 0 };
+        self.state = State::Poll {
+            next: Duration::MAX,
+            attempt: 0,
+        };
     }
 
     /// The same record for a reload: same HostID, same servers in order.
     pub fn same_as(&self, config: &RecordConfig) -> bool {
         self.hostid == config.hostid
             && self.servers.len() == config.servers.len()
-            && self.servers.iter().zip(&config.servers).all(|(s, c)| {
-                s.spec.port == c.port && s.spec.host == c.host
-            })
+            && self
+                .servers
+                .iter()
+                .zip(&config.servers)
+                .all(|(s, c)| s.spec.port == c.port && s.spec.host == c.host)
     }
 
     /// The index of the server owning a datagram from `src` naming `rport`.

@@ -702,7 +702,11 @@ fn encoder_matches_the_captures() {
 
 #[test]
 fn reload_keeps_unchanged_records_and_retires_removed_ones() {
-    let old = [pass_record(1, "a"), pass_record(2, "b"), pass_record(3, "c")];
+    let old = [
+        pass_record(1, "a"),
+        pass_record(2, "b"),
+        pass_record(3, "c"),
+    ];
     let mut sim = Sim::new(&old);
     let sent = sim.advance_to(Duration::ZERO);
     for (i, hostid) in [1, 2, 3].into_iter().enumerate() {
@@ -712,7 +716,11 @@ fn reload_keeps_unchanged_records_and_retires_removed_ones() {
     sim.advance_to(secs(5.0));
 
     // 1 unchanged, 2 removed, 3 with a new password, 4 new.
-    let new = [pass_record(1, "a"), pass_record(3, "c2"), pass_record(4, "d")];
+    let new = [
+        pass_record(1, "a"),
+        pass_record(3, "c2"),
+        pass_record(4, "d"),
+    ];
     let plan = sim.engine.plan_reload(&new);
     assert_eq!(plan.kept, [Some(0), Some(2), None]);
     assert_eq!(plan.removed, [1]);
@@ -723,25 +731,43 @@ fn reload_keeps_unchanged_records_and_retires_removed_ones() {
     assert_eq!(sent[0].msg.header.hostid, 2);
     assert!(matches!(
         sim.take_events()[..],
-        [Event::Offline { record: 1, reason: OfflineReason::Removed, .. }]
+        [Event::Offline {
+            record: 1,
+            reason: OfflineReason::Removed,
+            ..
+        }]
     ));
 
     sim.engine.apply(sim.now, &new, &plan);
     let sent = sim.drain();
     // Record 3 logs in again in place with its new password; 4 starts.
-    let Body::AuthReq { password, .. } = sent[0].msg.body else { panic!("{:?}", sent[0].msg) };
-    assert_eq!((sent[0].msg.header.hostid, password.text()), (3, &b"c2"[..]));
+    let Body::AuthReq { password, .. } = sent[0].msg.body else {
+        panic!("{:?}", sent[0].msg)
+    };
+    assert_eq!(
+        (sent[0].msg.header.hostid, password.text()),
+        (3, &b"c2"[..])
+    );
     let sent = [sent, sim.advance_to(sim.now)].concat();
-    assert!(sent.iter().any(|s| s.msg.header.hostid == 4 && s.msg.body == Body::EchoReq));
+    assert!(
+        sent.iter()
+            .any(|s| s.msg.header.hostid == 4 && s.msg.body == Body::EchoReq)
+    );
 
     let address = Ipv4Addr::new(192, 0, 2, 7);
     sim.receive(SERVER, SPORT, 3, Body::AuthAck { sid: 13, address });
-    assert!(sim.take_events().is_empty(), "a kept record does not bounce");
+    assert!(
+        sim.take_events().is_empty(),
+        "a kept record does not bounce"
+    );
     assert!(sim.engine.records()[0].is_online() && sim.engine.records()[1].is_online());
 
     // The removed record still sends its remaining copies, then is gone.
     let sent = sim.advance_to(sim.now + secs(1.0));
-    let offline: Vec<_> = sent.iter().filter(|s| s.msg.body.opcode() == wire::OFFLINE_REQ).collect();
+    let offline: Vec<_> = sent
+        .iter()
+        .filter(|s| s.msg.body.opcode() == wire::OFFLINE_REQ)
+        .collect();
     assert_eq!(offline.len(), 2);
     assert!(offline.iter().all(|s| s.msg.header.hostid == 2));
     assert!(!sim.engine.sending_offline());
@@ -758,13 +784,23 @@ fn a_refused_new_password_takes_a_kept_record_offline() {
     sim.receive(SERVER, SPORT, 1, Body::AuthDeny);
     assert!(matches!(
         sim.take_events()[..],
-        [Event::Offline { reason: OfflineReason::Refused, .. }, Event::Refused { .. }]
+        [
+            Event::Offline {
+                reason: OfflineReason::Refused,
+                ..
+            },
+            Event::Refused { .. }
+        ]
     ));
 }
 
 fn named_record(hostid: u32, name: &str) -> RecordConfig {
     let mut config = pass_record(hostid, "pw");
-    config.servers = vec![ServerSpec { host: Host::Name(name.into()), port: SPORT, line: 3 }];
+    config.servers = vec![ServerSpec {
+        host: Host::Name(name.into()),
+        port: SPORT,
+        line: 3,
+    }];
     config
 }
 
@@ -778,7 +814,10 @@ fn an_unresolved_name_is_asked_again_on_every_attempt() {
     assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
     assert_eq!(sent[0].msg.header.hostid, 2);
     let asks = |events: Vec<Event>| {
-        events.iter().filter(|e| matches!(e, Event::Resolve { record: 0, .. })).count()
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Resolve { record: 0, .. }))
+            .count()
     };
     assert_eq!(asks(sim.take_events()), 1);
 
@@ -794,19 +833,36 @@ fn an_unresolved_name_is_asked_again_on_every_attempt() {
     sim.engine.handle_resolved(0, 0, multi);
     let sent = sim.drain();
     assert_eq!(opcodes(&sent), ["ECHO_REQ"]);
-    assert_eq!(sent[0].dest, SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), SPORT));
+    assert_eq!(
+        sent[0].dest,
+        SocketAddrV4::new(Ipv4Addr::new(127, 0, 0, 5), SPORT)
+    );
 
     // A multi-homed server may answer from its other address.
     let serial = sent[0].msg.header.serial;
     let other = Ipv4Addr::new(127, 0, 0, 6);
-    let sent = sim.receive(other, SPORT, 1, Body::EchoAck { echo_serial: serial });
+    let sent = sim.receive(
+        other,
+        SPORT,
+        1,
+        Body::EchoAck {
+            echo_serial: serial,
+        },
+    );
     assert_eq!(opcodes(&sent), ["AUTH_REQ"]);
     assert_eq!(sent[0].dest, SocketAddrV4::new(other, SPORT));
     // But not from an address outside the name's resolution.
     let address = Ipv4Addr::new(192, 0, 2, 1);
-    assert!(sim.receive(STRANGER, SPORT, 1, Body::AuthAck { sid: 1, address }).is_empty());
+    assert!(
+        sim.receive(STRANGER, SPORT, 1, Body::AuthAck { sid: 1, address })
+            .is_empty()
+    );
     sim.receive(other, SPORT, 1, Body::AuthAck { sid: 1, address });
-    assert!(sim.take_events().iter().any(|e| matches!(e, Event::Online { record: 0, .. })));
+    assert!(
+        sim.take_events()
+            .iter()
+            .any(|e| matches!(e, Event::Online { record: 0, .. }))
+    );
 }
 
 /// Wall-clock steps do not exist for the core: it only sees the daemon's

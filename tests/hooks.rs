@@ -17,10 +17,16 @@ const SHORT: Duration = Duration::from_secs(10);
 fn zombies_of(pid: i32) -> Vec<i32> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else { continue };
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.first() == Some(&"Z") && fields.get(1) == Some(&pid.to_string().as_str()) {
             out.push(child);
@@ -62,7 +68,9 @@ fn hooks_get_argv_environment_and_dev_null() {
     let dhid = Dhid::start(&conf, &[]);
     assert!(dhid.wait_line("[31] -> Online", SHORT).is_some());
     let ready = || std::fs::read_to_string(&out).unwrap_or_default();
-    assert!(common::wait_until(SHORT, Duration::from_millis(20), || ready().contains("fd2=")));
+    assert!(common::wait_until(SHORT, Duration::from_millis(20), || {
+        ready().contains("fd2=")
+    }));
     dhid.signal(Signal::SIGUSR2);
     assert!(common::wait_until(SHORT, Duration::from_millis(20), || {
         ready().matches("fd2=").count() == 2
@@ -74,14 +82,22 @@ fn hooks_get_argv_environment_and_dev_null() {
     assert_eq!(lines[0], "argc=63", "{text}");
     assert_eq!(lines[1], format!("args=31 127.0.0.1 on {args}"), "{text}");
     let server_addr = format!("127.0.0.1:{}", server.local_port());
-    assert_eq!(lines[2], format!("env=online 31 127.0.0.1 {server_addr}"), "{text}");
-    for fd in 3..6 {
-        assert!(lines[fd].ends_with("=/dev/null"), "{text}");
+    assert_eq!(
+        lines[2],
+        format!("env=online 31 127.0.0.1 {server_addr}"),
+        "{text}"
+    );
+    for line in &lines[3..6] {
+        assert!(line.ends_with("=/dev/null"), "{text}");
     }
     // Shell quoting in the config keeps working.
     assert_eq!(lines[6], "argc=4", "{text}");
     assert_eq!(lines[7], "args=31 127.0.0.1 off quoted arg", "{text}");
-    assert_eq!(lines[8], format!("env=offline 31 127.0.0.1 {server_addr}"), "{text}");
+    assert_eq!(
+        lines[8],
+        format!("env=offline 31 127.0.0.1 {server_addr}"),
+        "{text}"
+    );
 
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(zombies_of(dhid.pid()), Vec::<i32>::new());
@@ -92,14 +108,26 @@ fn a_hook_found_only_in_lower_case_runs_lower_cased() {
     let server = TestServer::start(Config::default().password(32, "pw")).unwrap();
     let dir = TempDir::new("hooks-case");
     let out = dir.join("out.txt");
-    let hook = dir.write_mode("online.sh", &format!("#!/bin/sh\necho \"$*\" >> {}\n", out.display()), 0o755);
+    let hook = dir.write_mode(
+        "online.sh",
+        &format!("#!/bin/sh\necho \"$*\" >> {}\n", out.display()),
+        0o755,
+    );
     // Written in capitals, as a config made for the C dhid (which
     // lower-cased every line) may have it.
     let written = hook.display().to_string().replace("online.sh", "OnLine.sh");
-    let conf = conf_password(32, "pw", server.local_port(), &[&format!("OnCmd {written} x")]);
+    let conf = conf_password(
+        32,
+        "pw",
+        server.local_port(),
+        &[&format!("OnCmd {written} x")],
+    );
     let dhid = Dhid::start(&conf, &[]);
     let ran = common::wait_until(SHORT, Duration::from_millis(20), || out.exists());
     assert!(ran, "{:?}", dhid.lines());
     assert!(dhid.count("not found; running") == 1, "{:?}", dhid.lines());
-    assert_eq!(std::fs::read_to_string(&out).unwrap().trim(), "32 127.0.0.1 x");
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        "32 127.0.0.1 x"
+    );
 }

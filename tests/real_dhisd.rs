@@ -192,3 +192,19 @@ fn a_restarted_dhisd_sees_the_record_again_within_two_periods() {
     assert_eq!(hooks.count("on"), 1);
     assert_eq!(hooks.count("off"), 0);
 }
+
+/// Steady state is quiet: nothing per keep-alive at the default level.
+#[test]
+fn keepalives_log_nothing() {
+    require_dhisd!();
+    let dhisd = Dhisd::start(&[DbHost::password(9000, "pw")]);
+    let conf = conf_password(9000, "pw", dhisd.port(), &["Refresh 60"]);
+    let dhid = Dhid::start(&conf, &[]);
+    assert!(dhid.wait_line("[9000] -> Online", SHORT).is_some());
+    let before = dhid.lines();
+    // Two refresh periods: two ECHO_REQ/AUTH_REQ rounds.
+    std::thread::sleep(Duration::from_secs(125));
+    assert!(dhisd.online(9000), "{}", dhisd.log());
+    assert_eq!(dhid.lines(), before);
+    assert_eq!(before.len(), 2, "{before:?}");
+}

@@ -22,7 +22,9 @@ const SHORT: Duration = Duration::from_secs(10);
 #[test]
 fn hup_applies_an_edit_without_dropping_unchanged_records() {
     require_dhisd!();
-    let hosts: Vec<DbHost> = (1..=4).map(|i| DbHost::password(i, &format!("pw{i}"))).collect();
+    let hosts: Vec<DbHost> = (1..=4)
+        .map(|i| DbHost::password(i, &format!("pw{i}")))
+        .collect();
     let dhisd = Dhisd::start(&hosts);
     let port = dhisd.port();
     let hooks = HookProbe::new();
@@ -43,7 +45,10 @@ fn hup_applies_an_edit_without_dropping_unchanged_records() {
     let edited = record(1, &[]) + &record(3, &["Refresh 90"]) + &record(4, &[]);
     dhid.rewrite_conf(&edited);
     dhid.signal(Signal::SIGHUP);
-    assert!(dhid.wait_line("reloaded: 3 records, 2 kept, 1 new, 1 removed", SHORT).is_some());
+    assert!(
+        dhid.wait_line("reloaded: 3 records, 2 kept, 1 new, 1 removed", SHORT)
+            .is_some()
+    );
     assert!(dhisd.wait_online(4, SHORT), "{}", dhisd.log());
     assert!(dhisd.wait_log("-> offline 2", SHORT), "{}", dhisd.log());
 
@@ -57,7 +62,11 @@ fn hup_applies_an_edit_without_dropping_unchanged_records() {
     assert!(dhisd.online(1) && dhisd.online(3), "{}", dhisd.log());
     eprintln!("dhisd log:\n{}", dhisd.log());
     let calls = hooks.calls();
-    let offs: Vec<&str> = calls.iter().filter(|c| c.tag() == "off").map(|c| c.hostid.as_str()).collect();
+    let offs: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.tag() == "off")
+        .map(|c| c.hostid.as_str())
+        .collect();
     assert_eq!(offs, ["2"], "{calls:?}");
     assert_eq!(hooks.count("on"), 4, "{calls:?}");
 }
@@ -72,7 +81,11 @@ fn a_config_with_errors_is_rejected_and_the_old_one_kept() {
     dhid.rewrite_conf("{\nHostID 7\nHostPass pw\nISAddr 127.0.0.1:0\n}\n");
     dhid.signal(Signal::SIGHUP);
     let conf = dhid.conf_path().display().to_string();
-    assert!(dhid.wait_line(&format!("{conf}:4:"), SHORT).is_some(), "{:?}", dhid.lines());
+    assert!(
+        dhid.wait_line(&format!("{conf}:4:"), SHORT).is_some(),
+        "{:?}",
+        dhid.lines()
+    );
     assert!(dhid.wait_line("not reloaded", SHORT).is_some());
     std::thread::sleep(Duration::from_millis(500));
     assert!(dhisd.online(7));
@@ -87,12 +100,22 @@ fn ready_is_notified_before_any_server_answers() {
     let socket_path = dir.join("notify.sock");
     let listener = UnixDatagram::bind(&socket_path).unwrap();
     listener.set_read_timeout(Some(SHORT)).unwrap();
-    let conf = dir.write_mode("dhid.conf", &conf_password(1, "pw", free_udp_port(), &[]), 0o600);
+    let conf = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_dhid"));
-    cmd.args(["-F", "-f", conf.to_str().unwrap(), "-P", dir.join("p").to_str().unwrap()])
-        .args(["-p", &free_udp_port().to_string()])
-        .env("NOTIFY_SOCKET", &socket_path);
+    cmd.args([
+        "-F",
+        "-f",
+        conf.to_str().unwrap(),
+        "-P",
+        dir.join("p").to_str().unwrap(),
+    ])
+    .args(["-p", &free_udp_port().to_string()])
+    .env("NOTIFY_SOCKET", &socket_path);
     let mut dhid = Captured::spawn(cmd, &dir.path().display().to_string());
 
     let mut buf = [0u8; 256];

@@ -37,7 +37,9 @@ struct Sink(UnixDatagram);
 impl Sink {
     fn bind(dir: &TempDir) -> Sink {
         let socket = UnixDatagram::bind(dir.join("syslog")).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         Sink(socket)
     }
 
@@ -65,10 +67,16 @@ fn config_errors_reach_syslog_and_stderr() {
     let out = run_with_syslog(&dir, &["-f", conf.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("{}:2:", conf.display())), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", conf.display())),
+        "{stderr}"
+    );
 
     let mut lines = Vec::new();
-    assert!(sink.until(&format!("{}:2:", conf.display()), &mut lines), "{lines:?}");
+    assert!(
+        sink.until(&format!("{}:2:", conf.display()), &mut lines),
+        "{lines:?}"
+    );
     // <27>: facility daemon (3), priority err (3).
     assert!(lines.last().unwrap().starts_with("<27>"), "{lines:?}");
     assert!(lines.last().unwrap().contains("dhid["), "{lines:?}");
@@ -85,15 +93,33 @@ fn a_detached_dhid_logs_its_life_to_syslog() {
     let port = common::free_udp_port().to_string();
     let out = run_with_syslog(
         &dir,
-        &["-f", conf_path.to_str().unwrap(), "-P", pidfile.to_str().unwrap(), "-p", &port],
+        &[
+            "-f",
+            conf_path.to_str().unwrap(),
+            "-P",
+            pidfile.to_str().unwrap(),
+            "-p",
+            &port,
+        ],
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let pid: i32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let _guard = Arc::new(Guard(pid));
 
     let mut lines = Vec::new();
     assert!(sink.until("[42] -> Online", &mut lines), "{lines:?}");
-    let started = lines.iter().find(|l| l.contains("daemon started")).expect("daemon started");
+    let started = lines
+        .iter()
+        .find(|l| l.contains("daemon started"))
+        .expect("daemon started");
     // <30>: daemon, info; the daemon's own pid, not the launcher's.
     assert!(started.starts_with("<30>"), "{started}");
     assert!(started.contains(&format!("dhid[{pid}]")), "{started}");
