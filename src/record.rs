@@ -697,7 +697,6 @@ impl Record {
     fn on_auth_deny(&mut self, now: Time, server: usize, ctx: &mut Ctx) {
         let id = self.hostid;
         let index = self.index;
-        let period = self.period();
         let (dest, lowercase, online) = match &self.state {
             State::Auth {
                 server: s,
@@ -735,14 +734,8 @@ impl Record {
             record: index,
             server: dest,
         });
-        // A refused password is not hammered: wait a whole period.
-        self.set_state(
-            now,
-            State::Poll {
-                next: now + period,
-                attempt: 0,
-            },
-        );
+        // A refused password is not hammered.
+        self.wait_a_period(now);
     }
 
     fn on_auth_sy(&mut self, server: usize, challenge: &wire::Number, ctx: &mut Ctx) {
@@ -841,6 +834,16 @@ impl Record {
     /// script's short pause does not race a new login.
     pub fn take_offline(&mut self, now: Time, reason: OfflineReason, ctx: &mut Ctx) {
         self.go_offline(now, reason, ctx);
+        self.wait_a_period(now);
+    }
+
+    /// Poll again only after a whole period, and ignore late answers to
+    /// probes sent before: they must not start a login earlier.
+    fn wait_a_period(&mut self, now: Time) {
+        for server in &mut self.servers {
+            server.echo_serials = [0; 4];
+            server.echo_pending = false;
+        }
         let next = now + self.period();
         self.set_state(now, State::Poll { next, attempt: 0 });
     }

@@ -878,3 +878,26 @@ fn keepalives_follow_the_monotonic_clock_only() {
     assert!(sim.drain().is_empty());
     assert_eq!(sim.engine.poll_timeout(), deadline);
 }
+
+/// A late ECHO_ACK to a probe sent before USR2 must not start a login
+/// before the period is over.
+#[test]
+fn late_answers_after_usr2_do_not_log_in_early() {
+    let mut sim = Sim::new(&[pass_record(1, "pw")]);
+    let probe = sim.advance_to(Duration::ZERO);
+    sim.engine.take_all_offline(sim.now, OfflineReason::Usr2);
+    sim.drain();
+    let serial = probe[0].msg.header.serial;
+    assert!(
+        sim.receive(
+            SERVER,
+            SPORT,
+            1,
+            Body::EchoAck {
+                echo_serial: serial
+            }
+        )
+        .is_empty()
+    );
+    assert!(sim.advance_to(secs(59.0)).is_empty());
+}

@@ -193,18 +193,25 @@ fn a_restarted_dhisd_sees_the_record_again_within_two_periods() {
     assert_eq!(hooks.count("off"), 0);
 }
 
-/// Steady state is quiet: nothing per keep-alive at the default level.
+/// Steady state is quiet: nothing per keep-alive at the default level,
+/// and the re-authentication each period (a QRC challenge included)
+/// keeps both records online at the server.
 #[test]
 fn keepalives_log_nothing() {
     require_dhisd!();
-    let dhisd = Dhisd::start(&[DbHost::password(9000, "pw")]);
-    let conf = conf_password(9000, "pw", dhisd.port(), &["Refresh 60"]);
+    let (_, _, n) = qrc_keys();
+    let dhisd = Dhisd::start(&[DbHost::password(9000, "pw"), DbHost::qrc(9001, &n)]);
+    let port = dhisd.port();
+    let conf =
+        conf_password(9000, "pw", port, &["Refresh 60"]) + &qrc_record(9001, port, &["Refresh 60"]);
     let dhid = Dhid::start(&conf, &[]);
     assert!(dhid.wait_line("[9000] -> Online", SHORT).is_some());
+    assert!(dhid.wait_line("[9001] -> Online", SHORT).is_some());
     let before = dhid.lines();
     // Two refresh periods: two ECHO_REQ/AUTH_REQ rounds.
     std::thread::sleep(Duration::from_secs(125));
-    assert!(dhisd.online(9000), "{}", dhisd.log());
+    assert!(dhisd.online(9000) && dhisd.online(9001), "{}", dhisd.log());
+    assert_eq!(dhisd.count_log("-> offline"), 0, "{}", dhisd.log());
     assert_eq!(dhid.lines(), before);
-    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(before.len(), 3, "{before:?}");
 }
