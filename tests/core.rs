@@ -121,6 +121,21 @@ impl Sim {
         std::mem::take(&mut self.events)
     }
 
+    /// Start the clock and answer the first ECHO_REQ; returns what that
+    /// answer drew (the AUTH_REQ).
+    fn answer_first_probe(&mut self, hostid: u32) -> Vec<Sent> {
+        let sent = self.advance_to(Duration::ZERO);
+        let serial = sent[0].msg.header.serial;
+        self.receive(
+            SERVER,
+            SPORT,
+            hostid,
+            Body::EchoAck {
+                echo_serial: serial,
+            },
+        )
+    }
+
     /// Log record `hostid` in with a password: ECHO_ACK, then AUTH_ACK.
     fn login(&mut self, hostid: u32, sid: u32, echo: &Sent) -> Vec<Sent> {
         let serial = echo.msg.header.serial;
@@ -206,16 +221,7 @@ fn polling_backs_off_from_two_seconds_up_to_the_period() {
 #[test]
 fn lost_auth_ack_polls_again_after_the_backoff_step() {
     let mut sim = Sim::new(&[pass_record(1000, "secret")]);
-    let sent = sim.advance_to(Duration::ZERO);
-    let serial = sent[0].msg.header.serial;
-    sim.receive(
-        SERVER,
-        SPORT,
-        1000,
-        Body::EchoAck {
-            echo_serial: serial,
-        },
-    );
+    sim.answer_first_probe(1000);
     let sent = sim.advance_to(secs(1.5));
     assert!(sent.is_empty());
     let sent = sim.advance_to(secs(2.5));
@@ -435,16 +441,7 @@ fn usr2_sends_offline_copies_and_waits_a_period() {
 #[test]
 fn refused_password_waits_a_period() {
     let mut sim = Sim::new(&[pass_record(1000, "wrong")]);
-    let sent = sim.advance_to(Duration::ZERO);
-    let serial = sent[0].msg.header.serial;
-    sim.receive(
-        SERVER,
-        SPORT,
-        1000,
-        Body::EchoAck {
-            echo_serial: serial,
-        },
-    );
+    sim.answer_first_probe(1000);
     assert!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).is_empty());
     assert!(matches!(sim.take_events()[..], [Event::Refused { .. }]));
     assert!(sim.advance_to(secs(59.9)).is_empty());
@@ -454,16 +451,7 @@ fn refused_password_waits_a_period() {
 #[test]
 fn capitals_are_retried_once_in_lower_case() {
     let mut sim = Sim::new(&[pass_record(1000, "SeCret")]);
-    let sent = sim.advance_to(Duration::ZERO);
-    let serial = sent[0].msg.header.serial;
-    let sent = sim.receive(
-        SERVER,
-        SPORT,
-        1000,
-        Body::EchoAck {
-            echo_serial: serial,
-        },
-    );
+    let sent = sim.answer_first_probe(1000);
     let Body::AuthReq { password, .. } = sent[0].msg.body else {
         panic!()
     };
@@ -484,16 +472,7 @@ fn capitals_are_retried_once_in_lower_case() {
 
     // Denied in both spellings: refused, no third try.
     let mut sim = Sim::new(&[pass_record(1000, "SeCret")]);
-    let sent = sim.advance_to(Duration::ZERO);
-    let serial = sent[0].msg.header.serial;
-    sim.receive(
-        SERVER,
-        SPORT,
-        1000,
-        Body::EchoAck {
-            echo_serial: serial,
-        },
-    );
+    sim.answer_first_probe(1000);
     assert_eq!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).len(), 1);
     assert!(sim.receive(SERVER, SPORT, 1000, Body::AuthDeny).is_empty());
     assert!(matches!(sim.take_events()[..], [Event::Refused { .. }]));
@@ -605,16 +584,7 @@ fn qrc_answers_the_capture_challenge_byte_for_byte() {
 
     let config = record(2011, Auth::Qrc(key), &[(SERVER, SPORT)], 60);
     let mut sim = Sim::new(&[config]);
-    let sent = sim.advance_to(Duration::ZERO);
-    let serial = sent[0].msg.header.serial;
-    let sent = sim.receive(
-        SERVER,
-        SPORT,
-        2011,
-        Body::EchoAck {
-            echo_serial: serial,
-        },
-    );
+    let sent = sim.answer_first_probe(2011);
     assert_eq!(
         sent[0].msg.body,
         Body::AuthReq {
