@@ -121,13 +121,24 @@ fn a_wrong_password_is_refused_while_another_record_stays_online() {
         DbHost::password(1001, "right"),
     ]);
     let port = dhisd.port();
-    let conf = conf_password(1000, "secret", port, &[]) + &conf_password(1001, "wrong", port, &[]);
+    // A third record's server is down: nobody listens on its port.
+    let dead = common::free_udp_port();
+    let conf = conf_password(1002, "pw", dead, &[])
+        + &conf_password(1000, "secret", port, &[])
+        + &conf_password(1001, "wrong", port, &[]);
+    let started = std::time::Instant::now();
     let dhid = Dhid::start(&conf, &[]);
     assert!(
         dhid.wait_line("Authentication failed for 1001, retrying ...", SHORT)
             .is_some()
     );
     assert!(dhisd.wait_online(1000, SHORT));
+    // Neither the dead server nor the refusal held record 1000 up.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(!dhisd.online(1001));
     // Not hammered: one refusal per refresh period.
     std::thread::sleep(Duration::from_secs(3));
