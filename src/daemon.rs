@@ -17,10 +17,10 @@ use nix::time::clock_gettime;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::config::{self, RecordConfig};
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 use crate::hooks::{self, Facts, Hooks, Kind};
 use crate::notify;
-use crate::record::{Event, OfflineReason, Policy, Time, Transmit};
+use crate::record::{Event, OfflineReason, Policy, Time};
 use crate::resolver::Resolver;
 use crate::signals::{Sig, Signals};
 
@@ -69,7 +69,6 @@ pub struct Daemon {
     configs: Vec<RecordConfig>,
     config_path: PathBuf,
     hooks: Hooks,
-    outbox: std::collections::VecDeque<Transmit>,
     shutdown_by: Option<Time>,
 }
 
@@ -88,6 +87,8 @@ impl Daemon {
         config_path: PathBuf,
         port: u16,
     ) -> io::Result<Daemon> {
+        let mut configs = configs;
+        configs.shrink_to_fit();
         let timer = TimerFd::new(
             ClockId::CLOCK_BOOTTIME,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -102,7 +103,6 @@ impl Daemon {
             configs,
             config_path,
             hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
-            outbox: Default::default(),
             shutdown_by: None,
         })
     }
@@ -161,7 +161,7 @@ impl Daemon {
     /// signal pipe and the resolver have news.
     fn wait(&mut self) -> io::Result<(bool, bool, bool)> {
         let mut sock_events = PollFlags::POLLIN;
-        if !self.outbox.is_empty() {
+        if self.engine.has_transmits() {
             sock_events |= PollFlags::POLLOUT;
         }
         let mut fds = [
@@ -205,32 +205,30 @@ impl Daemon {
     /// Send what is queued, at most `SEND_BATCH` at a time: the loop then
     /// reads what came back before sending more, so that the answers to a
     /// burst (10 000 records starting) fit the receive buffer.
+    /// The engine's queue is the only one: nothing is copied, and what the
+    /// socket cannot take now goes back to the front.
     fn flush_outbox(&mut self) {
-        for _ in 0..SEND_BATCH {
-            let Some(t) = self.outbox.front() else { return };
+        let mut sent = 0;
+        while sent < SEND_BATCH {
+            let Some(t) = self.engine.poll_transmit() else { return };
             match self.socket.send_to(t.datagram.as_bytes(), t.dest) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(_) => sent += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.engine.unsend(t);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.engine.unsend(t),
                 // Network down or unreachable: the engine retries on its
                 // own schedule; the log summarises repeats.
                 Err(e) => warn!("cannot send to {}: {e}", t.dest),
             }
-            self.outbox.pop_front();
         }
     }
 
     fn drain_engine(&mut self) {
-        while let Some(t) = self.engine.poll_transmit() {
-            self.outbox.push_back(t);
-        }
         let now = now();
         while let Some(event) = self.engine.poll_event() {
             self.on_event(event, now);
-        }
-        // Events can queue datagrams (none today), and datagrams no events.
-        while let Some(t) = self.engine.poll_transmit() {
-            self.outbox.push_back(t);
         }
     }
 
@@ -363,12 +361,13 @@ impl Daemon {
                         line => warn!("{path}:{line}: {}", w.message),
                     }
                 }
-                let plan = self.engine.plan_reload(&new.records);
+                let plan = engine::plan_reload(&self.configs, &new.records);
                 self.engine.retire(now, &plan);
                 // Removed records' events name the old table.
                 self.drain_engine();
                 self.engine.apply(now, &new.records, &plan);
                 self.configs = new.records;
+                self.configs.shrink_to_fit();
                 let kept = plan.kept.iter().flatten().count();
                 info!(
                     "{path} reloaded: {} records, {kept} kept, {} new, {} removed",
@@ -405,7 +404,7 @@ impl Daemon {
     /// have finished, or the hook timeout has passed.
     fn finished(&mut self) -> Option<Exit> {
         let by = self.shutdown_by?;
-        if self.engine.sending_offline() || !self.outbox.is_empty() {
+        if self.engine.sending_offline() || self.engine.has_transmits() {
             return None;
         }
         if self.hooks.running() > 0 && now() < by {

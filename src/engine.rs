@@ -3,7 +3,7 @@
 //! for the records whose time has come. No I/O here either.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::net::Ipv4Addr;
 
 use log::debug;
@@ -14,7 +14,9 @@ use crate::wire;
 
 pub struct Engine {
     records: Vec<Record>,
-    by_hostid: HashMap<u32, Vec<usize>>,
+    /// (HostID, record) sorted: records with one HostID sit together, and a
+    /// lookup is a binary search without a heap block per record.
+    by_hostid: Vec<(u32, usize)>,
     ctx: Ctx,
     /// (deadline, record); an entry is current only if it equals
     /// `scheduled[record]`, stale ones are skipped when they come up.
@@ -36,6 +38,35 @@ pub struct ReloadPlan {
     pub kept: Vec<Option<usize>>,
     /// Old records that are gone.
     pub removed: Vec<usize>,
+    /// For each new record, whether its password or key changed.
+    pub auth_changed: Vec<bool>,
+}
+
+fn same_servers(a: &RecordConfig, b: &RecordConfig) -> bool {
+    a.servers.len() == b.servers.len()
+        && a.servers.iter().zip(&b.servers).all(|(x, y)| x.host == y.host && x.port == y.port)
+}
+
+/// Which records of a new configuration continue old ones: the same
+/// HostID with the same servers in the same order.
+pub fn plan_reload(old: &[RecordConfig], new: &[RecordConfig]) -> ReloadPlan {
+    let mut taken = vec![false; old.len()];
+    let kept: Vec<Option<usize>> = new
+        .iter()
+        .map(|c| {
+            let same = |i: &usize| !taken[*i] && old[*i].hostid == c.hostid && same_servers(&old[*i], c);
+            let i = (0..old.len()).find(same)?;
+            taken[i] = true;
+            Some(i)
+        })
+        .collect();
+    let auth_changed = kept
+        .iter()
+        .zip(new)
+        .map(|(k, c)| k.is_some_and(|i| old[i].auth != c.auth))
+        .collect();
+    let removed = (0..old.len()).filter(|&i| !taken[i]).collect();
+    ReloadPlan { kept, removed, auth_changed }
 }
 
 impl Engine {
@@ -49,7 +80,7 @@ impl Engine {
             scheduled: Vec::new(),
             next_uid: records.len() as u64,
             records,
-            by_hostid: HashMap::new(),
+            by_hostid: Vec::new(),
             ctx: Ctx::new(port, seed, policy),
             heap: BinaryHeap::new(),
             shared_offline: Vec::new(),
@@ -62,32 +93,13 @@ impl Engine {
 
     /// Rebuild the HostID map and the deadline heap after the table changed.
     fn index(&mut self) {
-        self.by_hostid.clear();
-        for r in &self.records {
-            self.by_hostid.entry(r.hostid).or_default().push(r.index);
-        }
+        self.by_hostid = self.records.iter().map(|r| (r.hostid, r.index)).collect();
+        self.by_hostid.sort_unstable();
         self.heap.clear();
         self.scheduled = vec![None; self.records.len()];
         for i in 0..self.records.len() {
             self.reschedule(i);
         }
-    }
-
-    /// Which records of a new configuration continue old ones: the same
-    /// HostID with the same servers.
-    pub fn plan_reload(&self, configs: &[RecordConfig]) -> ReloadPlan {
-        let mut taken = vec![false; self.records.len()];
-        let kept: Vec<Option<usize>> = configs
-            .iter()
-            .map(|c| {
-                let i =
-                    (0..self.records.len()).find(|&i| !taken[i] && self.records[i].same_as(c))?;
-                taken[i] = true;
-                Some(i)
-            })
-            .collect();
-        let removed = (0..self.records.len()).filter(|&i| !taken[i]).collect();
-        ReloadPlan { kept, removed }
     }
 
     /// First step of a reload: take the removed records offline. Their
@@ -115,7 +127,7 @@ impl Engine {
         for (k, config) in configs.iter().enumerate() {
             let record = match plan.kept[k].and_then(|i| old[i].take()) {
                 Some(mut r) => {
-                    r.update(k, config, now, &mut self.ctx);
+                    r.update(k, config, plan.auth_changed[k], now, &mut self.ctx);
                     r
                 }
                 None => {
@@ -201,17 +213,19 @@ impl Engine {
             }
         };
         let h = msg.header;
-        let Some(candidates) = self.by_hostid.get(&h.hostid) else {
+        let first = self.by_hostid.partition_point(|&(id, _)| id < h.hostid);
+        let same = self.by_hostid[first..].iter().take_while(|&&(id, _)| id == h.hostid);
+        let mut same = same.map(|&(_, i)| i).peekable();
+        if same.peek().is_none() {
             debug!(
                 "dropped {} from {src}: unknown HostID {}",
                 msg.body.name(),
                 h.hostid
             );
             return;
-        };
-        let found = candidates
-            .iter()
-            .find_map(|&i| self.records[i].match_server(src, h.rport).map(|s| (i, s)));
+        }
+        let records = &self.records;
+        let found = same.find_map(|i| records[i].match_server(src, h.rport).map(|s| (i, s)));
         let Some((i, server)) = found else {
             debug!(
                 "[{}] dropped {} from {src} rport {}: not one of the record's servers",
@@ -286,6 +300,15 @@ impl Engine {
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.ctx.transmits.pop_front()
+    }
+
+    /// Give back a datagram the socket could not take; it goes first.
+    pub fn unsend(&mut self, t: Transmit) {
+        self.ctx.transmits.push_front(t);
+    }
+
+    pub fn has_transmits(&self) -> bool {
+        !self.ctx.transmits.is_empty()
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

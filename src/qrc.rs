@@ -6,6 +6,7 @@
 //! dhisd accepts.
 
 use std::fmt;
+use std::sync::Arc;
 
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive, Zero};
@@ -47,8 +48,11 @@ impl fmt::Display for KeyError {
 impl std::error::Error for KeyError {}
 
 /// A validated private key with what the square root needs precomputed.
+/// Shared, not copied: the configuration and the record hold the same.
 #[derive(Clone)]
-pub struct QrcKey {
+pub struct QrcKey(Arc<KeyParts>);
+
+struct KeyParts {
     p: BigUint,
     q: BigUint,
     n: BigUint,
@@ -60,13 +64,13 @@ pub struct QrcKey {
 impl fmt::Debug for QrcKey {
     // The primes are the secret; only the public modulus's size is shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QrcKey({} digit modulus)", self.n.to_str_radix(10).len())
+        write!(f, "QrcKey({} digit modulus)", self.0.n.to_str_radix(10).len())
     }
 }
 
 impl PartialEq for QrcKey {
     fn eq(&self, other: &Self) -> bool {
-        self.p == other.p && self.q == other.q
+        self.0.p == other.0.p && self.0.q == other.0.q
     }
 }
 
@@ -105,34 +109,27 @@ impl QrcKey {
         let exp_p = (&p + 1u32) >> 2;
         let exp_q = (&q + 1u32) >> 2;
         let q_inv_p = (&q % &p).modinv(&p).expect("distinct primes are coprime");
-        Ok(QrcKey {
-            p,
-            q,
-            n,
-            exp_p,
-            exp_q,
-            q_inv_p,
-        })
+        Ok(QrcKey(Arc::new(KeyParts { p, q, n, exp_p, exp_q, q_inv_p })))
     }
 
     pub fn modulus(&self) -> &BigUint {
-        &self.n
+        &self.0.n
     }
 
     /// The principal square root of `y` mod N, by CRT.
     pub fn principal_root(&self, y: &BigUint) -> BigUint {
-        let a = (y % &self.p).modpow(&self.exp_p, &self.p);
-        let b = (y % &self.q).modpow(&self.exp_q, &self.q);
+        let a = (y % &self.0.p).modpow(&self.0.exp_p, &self.0.p);
+        let b = (y % &self.0.q).modpow(&self.0.exp_q, &self.0.q);
 
         // Garner: x = b + q·((a − b)·q⁻¹ mod p), which is < N.
-        let diff = (&a + &self.p - (&b % &self.p)) % &self.p;
-        let h = (diff * &self.q_inv_p) % &self.p;
-        b + h * &self.q
+        let diff = (&a + &self.0.p - (&b % &self.0.p)) % &self.0.p;
+        let h = (diff * &self.0.q_inv_p) % &self.0.p;
+        b + h * &self.0.q
     }
 
     /// The AUTH_SX field answering an AUTH_SY field: exactly 200 digits.
     pub fn answer(&self, challenge: &Number) -> Number {
-        let y = parse_challenge(challenge.digits()) % &self.n;
+        let y = parse_challenge(challenge.digits()) % &self.0.n;
         to_number(&self.principal_root(&y))
     }
 }
@@ -256,17 +253,17 @@ pub fn split_lines(keyword: &str, value: &BigUint, width: usize, pad_to: usize) 
 
 impl QrcKey {
     pub fn p(&self) -> &BigUint {
-        &self.p
+        &self.0.p
     }
 
     pub fn q(&self) -> &BigUint {
-        &self.q
+        &self.0.q
     }
 
     /// True if `x` is even a square root of `y`; used by tests and the
     /// test server to check answers.
     pub fn is_root(&self, x: &BigUint, y: &BigUint) -> bool {
-        (x * x) % &self.n == y % &self.n
+        (x * x) % &self.0.n == y % &self.0.n
     }
 }
 

@@ -45,7 +45,7 @@ impl Default for Policy {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Transmit {
     pub dest: SocketAddrV4,
     pub datagram: wire::Datagram,
@@ -165,11 +165,16 @@ impl Ctx {
     }
 }
 
-/// One ISAddr of the record, with its current name resolution.
+/// One ISAddr of the record, with its current name resolution. Kept
+/// small: a daemon may hold ten thousand of these.
 #[derive(Clone, Debug)]
 struct Server {
-    spec: ServerSpec,
-    addrs: Vec<Ipv4Addr>,
+    port: u16,
+    /// The address, for an ISAddr given as one.
+    literal: Option<Ipv4Addr>,
+    /// The name to resolve, for an ISAddr given as one, and its addresses.
+    name: Option<Box<str>>,
+    resolved: Vec<Ipv4Addr>,
     /// Serials of our latest ECHO_REQs to it; an ECHO_ACK must echo one.
     echo_serials: [u32; 4],
     /// An attempt is waiting for this name to resolve.
@@ -177,27 +182,34 @@ struct Server {
 }
 
 impl Server {
-    fn new(spec: ServerSpec) -> Server {
-        let addrs = match spec.host {
-            Host::Addr(a) => vec![a],
-            Host::Name(_) => Vec::new(),
+    fn new(spec: &ServerSpec) -> Server {
+        let (literal, name) = match &spec.host {
+            Host::Addr(a) => (Some(*a), None),
+            Host::Name(n) => (None, Some(n.as_str().into())),
         };
         Server {
-            spec,
-            addrs,
+            port: spec.port,
+            literal,
+            name,
+            resolved: Vec::new(),
             echo_serials: [0; 4],
             echo_pending: false,
         }
     }
 
+    fn addrs(&self) -> &[Ipv4Addr] {
+        match &self.literal {
+            Some(a) => std::slice::from_ref(a),
+            None => &self.resolved,
+        }
+    }
+
     fn owns(&self, src: Ipv4Addr, rport: u32) -> bool {
-        rport == u32::from(self.spec.port) && self.addrs.contains(&src)
+        rport == u32::from(self.port) && self.addrs().contains(&src)
     }
 
     fn dest(&self) -> Option<SocketAddrV4> {
-        self.addrs
-            .first()
-            .map(|a| SocketAddrV4::new(*a, self.spec.port))
+        self.addrs().first().map(|a| SocketAddrV4::new(*a, self.port))
     }
 
     fn note_echo(&mut self, serial: u32) {
@@ -217,7 +229,7 @@ enum Secret {
         lower: Option<Password>,
         use_lower: bool,
     },
-    Qrc(Box<QrcKey>),
+    Qrc(QrcKey),
 }
 
 impl Secret {
@@ -235,7 +247,7 @@ impl Secret {
                     use_lower: false,
                 }
             }
-            Auth::Qrc(key) => Secret::Qrc(Box::new(key.clone())),
+            Auth::Qrc(key) => Secret::Qrc(key.clone()),
         }
     }
 
@@ -321,13 +333,12 @@ pub struct Record {
     /// changes.
     pub uid: u64,
     pub hostid: u32,
-    auth: Auth,
     secret: Secret,
     refresh_proposal: u32,
     period: Duration,
     /// The shorter period a CHECK_REQ announced, if any.
     server_period: Option<Duration>,
-    servers: Vec<Server>,
+    servers: Box<[Server]>,
     silent_periods: u32,
     state: State,
     since: Time,
@@ -347,12 +358,11 @@ impl Record {
             index,
             uid,
             hostid: config.hostid,
-            auth: config.auth.clone(),
             secret: Secret::new(&config.auth),
             refresh_proposal: config.refresh_proposal,
             period: Duration::from_secs(config.refresh_period().into()),
             server_period: None,
-            servers: config.servers.iter().cloned().map(Server::new).collect(),
+            servers: config.servers.iter().map(Server::new).collect(),
             silent_periods: policy.silent_periods.max(1),
             state: State::Poll {
                 next: now,
@@ -487,13 +497,13 @@ impl Record {
     fn echo(&mut self, i: usize, resolve: bool, ctx: &mut Ctx) {
         let hostid = self.hostid;
         let server = &mut self.servers[i];
-        if let (Host::Name(name), true) = (&server.spec.host, resolve) {
-            server.echo_pending = server.addrs.is_empty();
+        if let (Some(name), true) = (&server.name, resolve) {
+            server.echo_pending = server.resolved.is_empty();
             ctx.events.push_back(Event::Resolve {
                 record: self.index,
                 server: i,
-                host: name.clone(),
-                port: server.spec.port,
+                host: name.to_string(),
+                port: server.port,
             });
         }
         if let Some(dest) = server.dest() {
@@ -508,10 +518,10 @@ impl Record {
         let Some(s) = self.servers.get_mut(server) else {
             return;
         };
-        if addrs.is_empty() {
+        if addrs.is_empty() || s.name.is_none() {
             return;
         }
-        s.addrs = addrs;
+        s.resolved = addrs;
         if s.echo_pending && matches!(self.state, State::Poll { .. }) {
             s.echo_pending = false;
             self.echo(server, false, ctx);
@@ -578,7 +588,7 @@ impl Record {
         match msg.body {
             Body::EchoReq => {
                 // Answer to the configured port; the source port is random.
-                let dest = SocketAddrV4::new(src, self.servers[server].spec.port);
+                let dest = SocketAddrV4::new(src, self.servers[server].port);
                 let serial = msg.header.serial;
                 ctx.send(
                     dest,
@@ -606,7 +616,7 @@ impl Record {
         match &mut self.state {
             State::Poll { .. } => {
                 // The first server to answer wins (PROTOCOL.md 5.5).
-                let dest = SocketAddrV4::new(src, self.servers[server].spec.port);
+                let dest = SocketAddrV4::new(src, self.servers[server].port);
                 self.start_auth(now, server, dest, ctx);
             }
             State::Online(o) if o.server == server => {
@@ -862,11 +872,15 @@ impl Record {
     /// Adopt an edited record that kept its HostID and servers (SIGHUP): new
     /// hooks and refresh apply at once; a changed password or key logs in
     /// again in place, so the session survives unless the server refuses.
-    pub fn update(&mut self, index: usize, config: &RecordConfig, now: Time, ctx: &mut Ctx) {
+    pub fn update(
+        &mut self,
+        index: usize,
+        config: &RecordConfig,
+        auth_changed: bool,
+        now: Time,
+        ctx: &mut Ctx,
+    ) {
         self.index = index;
-        for (server, spec) in self.servers.iter_mut().zip(&config.servers) {
-            server.spec.line = spec.line;
-        }
         self.refresh_proposal = config.refresh_proposal;
         self.period = Duration::from_secs(config.refresh_period().into());
         let period = self.period();
@@ -874,20 +888,13 @@ impl Record {
             o.next_refresh = o.next_refresh.min(now + period);
         }
 
-        if self.auth == config.auth {
+        if !auth_changed {
             return;
         }
-        self.auth = config.auth.clone();
         self.secret = Secret::new(&config.auth);
         match self.state {
             State::Online(_) => self.reauthenticate(ctx),
-            State::Auth { .. } => self.set_state(
-                now,
-                State::Poll {
-                    next: now,
-                    attempt: 0,
-                },
-            ),
+            State::Auth { .. } => self.set_state(now, State::Poll { next: now, attempt: 0 }),
             State::Poll { .. } => {}
         }
     }
@@ -901,23 +908,9 @@ impl Record {
         };
     }
 
-    /// The same record for a reload: same HostID, same servers in order.
-    pub fn same_as(&self, config: &RecordConfig) -> bool {
-        self.hostid == config.hostid
-            && self.servers.len() == config.servers.len()
-            && self
-                .servers
-                .iter()
-                .zip(&config.servers)
-                .all(|(s, c)| s.spec.port == c.port && s.spec.host == c.host)
-    }
-
     /// The index of the server owning a datagram from `src` naming `rport`.
     pub fn match_server(&self, src: Ipv4Addr, rport: u32) -> Option<usize> {
         self.servers.iter().position(|s| s.owns(src, rport))
     }
 
-    pub fn server_specs(&self) -> impl Iterator<Item = &ServerSpec> {
-        self.servers.iter().map(|s| &s.spec)
-    }
 }

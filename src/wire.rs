@@ -280,16 +280,27 @@ pub fn decode(data: &[u8]) -> Result<Message, DecodeError> {
     Ok(Message { header, body })
 }
 
-/// An encoded datagram, kept inline so that sending allocates nothing.
-#[derive(Clone, Copy)]
-pub struct Datagram {
-    buf: [u8; MAX_LEN],
-    len: usize,
+/// Every message but AUTH_SX and AUTH_SY fits in this many bytes.
+const SMALL_LEN: usize = HEADER_LEN + PASSWORD_LEN + 4;
+
+/// An encoded datagram. The common ones are kept inline, so that a
+/// keep-alive allocates nothing and a queue of 10 000 stays small; only
+/// the 220-byte QRC numbers go to the heap.
+#[derive(Clone)]
+pub struct Datagram(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Small { buf: [u8; SMALL_LEN], len: u8 },
+    Large(Box<[u8; MAX_LEN]>),
 }
 
 impl Datagram {
     pub fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        match &self.0 {
+            Repr::Small { buf, len } => &buf[..usize::from(*len)],
+            Repr::Large(buf) => &buf[..],
+        }
     }
 }
 
@@ -338,7 +349,14 @@ pub fn encode(msg: &Message) -> Datagram {
         Body::CheckReq { refresh } => put(&refresh.to_be_bytes()),
         Body::CheckAck { sid } | Body::OfflineReq { sid } => put(&sid.to_be_bytes()),
     }
-    Datagram { buf, len }
+    if len <= SMALL_LEN {
+        let mut small = [0; SMALL_LEN];
+        small.copy_from_slice(&buf[..SMALL_LEN]);
+        Datagram(Repr::Small { buf: small, len: len as u8 })
+    } else {
+        debug_assert_eq!(len, MAX_LEN, "only AUTH_SX and AUTH_SY are large");
+        Datagram(Repr::Large(Box::new(buf)))
+    }
 }
 
 #[cfg(test)]
