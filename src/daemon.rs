@@ -16,8 +16,8 @@ use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFl
 use nix::time::clock_gettime;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use crate::config::{self, RecordConfig};
-use crate::engine::{self, Engine};
+use crate::config::{self, Hook, RecordConfig};
+use crate::engine::Engine;
 use crate::hooks::{self, Facts, Hooks, Kind};
 use crate::notify;
 use crate::record::{Event, OfflineReason, Policy, Time};
@@ -54,6 +54,25 @@ pub fn bind(port: u16) -> io::Result<UdpSocket> {
     Ok(socket.into())
 }
 
+/// A record as the loop sees it: for log lines and hooks.
+struct Entry {
+    hostid: u32,
+    line: usize,
+    on_cmd: Option<Box<Hook>>,
+    off_cmd: Option<Box<Hook>>,
+}
+
+impl From<RecordConfig> for Entry {
+    fn from(c: RecordConfig) -> Entry {
+        Entry {
+            hostid: c.hostid,
+            line: c.line,
+            on_cmd: c.on_cmd.map(Box::new),
+            off_cmd: c.off_cmd.map(Box::new),
+        }
+    }
+}
+
 /// How a run of the loop ended.
 pub enum Exit {
     /// TERM or INT: records taken offline, hooks waited for.
@@ -66,7 +85,9 @@ pub struct Daemon {
     signals: Signals,
     resolver: Resolver,
     engine: Engine,
-    configs: Vec<RecordConfig>,
+    /// What the loop needs of each record beyond the engine: the engine
+    /// holds the protocol state, and the configuration is not kept.
+    table: Vec<Entry>,
     config_path: PathBuf,
     hooks: Hooks,
     shutdown_by: Option<Time>,
@@ -87,8 +108,6 @@ impl Daemon {
         config_path: PathBuf,
         port: u16,
     ) -> io::Result<Daemon> {
-        let mut configs = configs;
-        configs.shrink_to_fit();
         let timer = TimerFd::new(
             ClockId::CLOCK_BOOTTIME,
             TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
@@ -100,7 +119,7 @@ impl Daemon {
             signals: Signals::install()?,
             resolver: Resolver::new()?,
             engine,
-            configs,
+            table: configs.into_iter().map(Entry::from).collect(),
             config_path,
             hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
             shutdown_by: None,
@@ -239,7 +258,7 @@ impl Daemon {
                 address,
                 server,
             } => {
-                let id = self.configs[record].hostid;
+                let id = self.table[record].hostid;
                 info!("[{id}] -> Online");
                 debug!("[{id}] online at {server} as {address}");
                 self.hook(record, Kind::On, address, server, now);
@@ -250,7 +269,7 @@ impl Daemon {
                 server,
                 reason,
             } => {
-                let id = self.configs[record].hostid;
+                let id = self.table[record].hostid;
                 info!("[{id}] -> Offline ({})", reason.as_str());
                 self.hook(record, Kind::Off, address, server, now);
             }
@@ -260,16 +279,16 @@ impl Daemon {
                 new,
                 server,
             } => {
-                let id = self.configs[record].hostid;
+                let id = self.table[record].hostid;
                 info!("[{id}] address changed from {old} to {new}");
                 self.hook(record, Kind::On, new, server, now);
             }
             Event::Refused { record, .. } => {
-                let id = self.configs[record].hostid;
+                let id = self.table[record].hostid;
                 error!("Authentication failed for {id}, retrying ...");
             }
             Event::LowercaseAccepted { record } => {
-                let c = &self.configs[record];
+                let c = &self.table[record];
                 warn!(
                     "[{}] the server accepted HostPass only in lower case; \
                      write it in lower case in the config (record at line {})",
@@ -277,7 +296,7 @@ impl Daemon {
                 );
             }
             Event::NewSession { record } => {
-                let id = self.configs[record].hostid;
+                let id = self.table[record].hostid;
                 info!("[{id}] logged in again with a new session (server restarted?)");
             }
             Event::Resolve {
@@ -301,10 +320,10 @@ impl Daemon {
         server: SocketAddrV4,
         now: Time,
     ) {
-        let c = &self.configs[record];
+        let c = &self.table[record];
         let hook = match kind {
-            Kind::On => c.on_cmd.as_ref(),
-            Kind::Off => c.off_cmd.as_ref(),
+            Kind::On => c.on_cmd.as_deref(),
+            Kind::Off => c.off_cmd.as_deref(),
         };
         if let Some(hook) = hook {
             let facts = Facts {
@@ -361,18 +380,18 @@ impl Daemon {
                         line => warn!("{path}:{line}: {}", w.message),
                     }
                 }
-                let plan = engine::plan_reload(&self.configs, &new.records);
+                let plan = self.engine.plan_reload(&new.records);
                 self.engine.retire(now, &plan);
                 // Removed records' events name the old table.
                 self.drain_engine();
                 self.engine.apply(now, &new.records, &plan);
-                self.configs = new.records;
-                self.configs.shrink_to_fit();
+                self.table = new.records.into_iter().map(Entry::from).collect();
+                crate::memory::trim_heap();
                 let kept = plan.kept.iter().flatten().count();
                 info!(
                     "{path} reloaded: {} records, {kept} kept, {} new, {} removed",
-                    self.configs.len(),
-                    self.configs.len() - kept,
+                    self.table.len(),
+                    self.table.len() - kept,
                     plan.removed.len()
                 );
             }
@@ -381,7 +400,7 @@ impl Daemon {
     }
 
     fn report_status(&self, now: Time) {
-        for (i, c) in self.configs.iter().enumerate() {
+        for (i, c) in self.table.iter().enumerate() {
             let s = self.engine.status(i);
             let server = s
                 .server

@@ -12,6 +12,9 @@ use crate::config::RecordConfig;
 use crate::record::{Ctx, Event, OfflineReason, Policy, Record, Status, Time, Transmit};
 use crate::wire;
 
+/// Queue capacity kept after a burst has drained.
+const QUEUE_KEPT: usize = 64;
+
 pub struct Engine {
     records: Vec<Record>,
     /// (HostID, record) sorted: records with one HostID sit together, and a
@@ -40,33 +43,6 @@ pub struct ReloadPlan {
     pub removed: Vec<usize>,
     /// For each new record, whether its password or key changed.
     pub auth_changed: Vec<bool>,
-}
-
-fn same_servers(a: &RecordConfig, b: &RecordConfig) -> bool {
-    a.servers.len() == b.servers.len()
-        && a.servers.iter().zip(&b.servers).all(|(x, y)| x.host == y.host && x.port == y.port)
-}
-
-/// Which records of a new configuration continue old ones: the same
-/// HostID with the same servers in the same order.
-pub fn plan_reload(old: &[RecordConfig], new: &[RecordConfig]) -> ReloadPlan {
-    let mut taken = vec![false; old.len()];
-    let kept: Vec<Option<usize>> = new
-        .iter()
-        .map(|c| {
-            let same = |i: &usize| !taken[*i] && old[*i].hostid == c.hostid && same_servers(&old[*i], c);
-            let i = (0..old.len()).find(same)?;
-            taken[i] = true;
-            Some(i)
-        })
-        .collect();
-    let auth_changed = kept
-        .iter()
-        .zip(new)
-        .map(|(k, c)| k.is_some_and(|i| old[i].auth != c.auth))
-        .collect();
-    let removed = (0..old.len()).filter(|&i| !taken[i]).collect();
-    ReloadPlan { kept, removed, auth_changed }
 }
 
 impl Engine {
@@ -100,6 +76,28 @@ impl Engine {
         for i in 0..self.records.len() {
             self.reschedule(i);
         }
+    }
+
+    /// Which records of a new configuration continue ours: the same
+    /// HostID with the same servers in the same order.
+    pub fn plan_reload(&self, new: &[RecordConfig]) -> ReloadPlan {
+        let old = &self.records;
+        let mut taken = vec![false; old.len()];
+        let kept: Vec<Option<usize>> = new
+            .iter()
+            .map(|c| {
+                let i = (0..old.len()).find(|&i| !taken[i] && old[i].same_as(c))?;
+                taken[i] = true;
+                Some(i)
+            })
+            .collect();
+        let auth_changed = kept
+            .iter()
+            .zip(new)
+            .map(|(k, c)| k.is_some_and(|i| !old[i].same_auth(&c.auth)))
+            .collect();
+        let removed = (0..old.len()).filter(|&i| !taken[i]).collect();
+        ReloadPlan { kept, removed, auth_changed }
     }
 
     /// First step of a reload: take the removed records offline. Their
@@ -299,7 +297,13 @@ impl Engine {
     }
 
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.ctx.transmits.pop_front()
+        let t = self.ctx.transmits.pop_front();
+        // A start-up burst of ten thousand leaves a big queue behind; keep
+        // a small one, which steady state never outgrows.
+        if t.is_none() && self.ctx.transmits.capacity() > QUEUE_KEPT {
+            self.ctx.transmits.shrink_to(QUEUE_KEPT);
+        }
+        t
     }
 
     /// Give back a datagram the socket could not take; it goes first.
@@ -312,6 +316,10 @@ impl Engine {
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.ctx.events.pop_front()
+        let e = self.ctx.events.pop_front();
+        if e.is_none() && self.ctx.events.capacity() > QUEUE_KEPT {
+            self.ctx.events.shrink_to(QUEUE_KEPT);
+        }
+        e
     }
 }

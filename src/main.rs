@@ -247,6 +247,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     };
     report(ready, Ok(()));
     dhid::notify::ready();
+    dhid::memory::trim_heap();
     dhid::memory::trim_code_pages();
 
     let result = daemon.run();

@@ -33,6 +33,18 @@ fn code_mappings(maps: &str) -> Vec<(usize, usize)> {
         .collect()
 }
 
+/// Give the heap's free pages back to the system. Loading the
+/// configuration leaves many small blocks freed between the ones the
+/// records keep; glibc returns only the top of the heap by itself.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim only releases memory that is free; it is safe
+    // to call at any time from any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 pub fn trim_code_pages() {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;

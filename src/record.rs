@@ -197,6 +197,14 @@ impl Server {
         }
     }
 
+    fn is(&self, spec: &ServerSpec) -> bool {
+        self.port == spec.port
+            && match &spec.host {
+                Host::Addr(a) => self.literal == Some(*a),
+                Host::Name(n) => self.name.as_deref() == Some(n.as_str()),
+            }
+    }
+
     fn addrs(&self) -> &[Ipv4Addr] {
         match &self.literal {
             Some(a) => std::slice::from_ref(a),
@@ -220,6 +228,16 @@ impl Server {
     fn echoed(&self, serial: u32) -> bool {
         serial != 0 && self.echo_serials.contains(&serial)
     }
+}
+
+fn fingerprint(auth: &Auth) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    match auth {
+        Auth::Password(p) => (0u8, p).hash(&mut hasher),
+        Auth::Qrc(key) => (1u8, key.p(), key.q()).hash(&mut hasher),
+    }
+    hasher.finish()
 }
 
 #[derive(Clone, Debug)]
@@ -334,6 +352,9 @@ pub struct Record {
     pub uid: u64,
     pub hostid: u32,
     secret: Secret,
+    /// A digest of the password or key, to tell a changed one on reload
+    /// without keeping a second copy of the secret.
+    auth_print: u64,
     refresh_proposal: u32,
     period: Duration,
     /// The shorter period a CHECK_REQ announced, if any.
@@ -359,6 +380,7 @@ impl Record {
             uid,
             hostid: config.hostid,
             secret: Secret::new(&config.auth),
+            auth_print: fingerprint(&config.auth),
             refresh_proposal: config.refresh_proposal,
             period: Duration::from_secs(config.refresh_period().into()),
             server_period: None,
@@ -892,6 +914,7 @@ impl Record {
             return;
         }
         self.secret = Secret::new(&config.auth);
+        self.auth_print = fingerprint(&config.auth);
         match self.state {
             State::Online(_) => self.reauthenticate(ctx),
             State::Auth { .. } => self.set_state(now, State::Poll { next: now, attempt: 0 }),
@@ -906,6 +929,18 @@ impl Record {
             next: Duration::MAX,
             attempt: 0,
         };
+    }
+
+    /// The same record for a reload: same HostID, same servers in order.
+    pub fn same_as(&self, config: &RecordConfig) -> bool {
+        self.hostid == config.hostid
+            && self.servers.len() == config.servers.len()
+            && self.servers.iter().zip(&config.servers).all(|(s, c)| s.is(c))
+    }
+
+    /// Whether `auth` is the password or key this record logs in with.
+    pub fn same_auth(&self, auth: &Auth) -> bool {
+        self.auth_print == fingerprint(auth)
     }
 
     /// The index of the server owning a datagram from `src` naming `rport`.

@@ -691,7 +691,7 @@ fn reload_keeps_unchanged_records_and_retires_removed_ones() {
         pass_record(3, "c2"),
         pass_record(4, "d"),
     ];
-    let plan = dhid::engine::plan_reload(&old, &new);
+    let plan = sim.engine.plan_reload(&new);
     assert_eq!(plan.kept, [Some(0), Some(2), None]);
     assert_eq!(plan.removed, [1]);
     assert_eq!(plan.auth_changed, [false, true, false]);
@@ -747,8 +747,8 @@ fn reload_keeps_unchanged_records_and_retires_removed_ones() {
 #[test]
 fn a_refused_new_password_takes_a_kept_record_offline() {
     let mut sim = online_sim(1, "a");
-    let (old, new) = ([pass_record(1, "a")], [pass_record(1, "bad")]);
-    let plan = dhid::engine::plan_reload(&old, &new);
+    let new = [pass_record(1, "bad")];
+    let plan = sim.engine.plan_reload(&new);
     assert_eq!(plan.auth_changed, [true]);
     sim.engine.retire(sim.now, &plan);
     sim.engine.apply(sim.now, &new, &plan);
