@@ -76,12 +76,16 @@ pub struct RecordConfig {
 }
 
 impl RecordConfig {
-    /// The keep-alive period dhid uses, in seconds (60 without Refresh).
+    /// The keep-alive period dhid uses, in seconds: 60 without Refresh,
+    /// and for a proposal above what dhisd 5.3 honours, the 120 s it holds
+    /// instead. Without that, after a server restart (no CHECK_REQ then
+    /// tells the server's period) such a record would not log in again
+    /// for days.
     pub fn refresh_period(&self) -> u32 {
-        if self.refresh_proposal == 0 {
-            MIN_REFRESH
-        } else {
-            self.refresh_proposal
+        match self.refresh_proposal {
+            0 => MIN_REFRESH,
+            p if p > MAX_SERVER_REFRESH => SERVER_DEFAULT_REFRESH,
+            p => p,
         }
     }
 }
@@ -90,6 +94,12 @@ impl RecordConfig {
 pub const MIN_REFRESH: u32 = 60;
 /// The largest period dhisd 5.3 honours (it holds 120 for anything else).
 pub const MAX_SERVER_REFRESH: u32 = 21600;
+/// Below this many digits in P·Q a key is warned about: the packaged
+/// DHIS documentation uses 100-digit primes.
+const WEAK_KEY_DIGITS: usize = 150;
+
+/// What dhisd 5.3 holds for a proposal of 0 or out of its range.
+pub const SERVER_DEFAULT_REFRESH: u32 = 120;
 pub const DEFAULT_PORT: u16 = 58800;
 
 /// A message about the file that does not stop the load.
@@ -174,7 +184,7 @@ pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
             0,
             Warning {
                 line: 0,
-                message: readable_message(&name, mode),
+                message: readable_message(mode),
             },
         );
     }
@@ -187,9 +197,10 @@ pub fn world_readable(path: &std::path::Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o004 != 0)
 }
 
-fn readable_message(name: &str, mode: u32) -> String {
+/// Shown after the file's name, as every message about the file is.
+fn readable_message(mode: u32) -> String {
     format!(
-        "{name} can be read by every user (mode {:04o}) but holds passwords or keys; \
+        "can be read by every user (mode {:04o}) but holds passwords or keys; \
          remove that with chmod o-r",
         mode & 0o7777
     )
@@ -744,9 +755,9 @@ impl Parser<'_> {
         }
         if seconds > MAX_SERVER_REFRESH {
             let message = format!(
-                "Refresh {seconds} is above {MAX_SERVER_REFRESH}: dhisd 5.3 holds only \
-                 {MIN_REFRESH}..{MAX_SERVER_REFRESH} and will use 120; dhid follows the period \
-                 the server announces in CHECK_REQ"
+                "Refresh {seconds} is above {MAX_SERVER_REFRESH}: dhisd 5.3 honours only \
+                 {MIN_REFRESH}..{MAX_SERVER_REFRESH} and holds 120 instead, so dhid refreshes \
+                 every 120 s (or at the period the server says it holds)"
             );
             self.warn(n, message);
         }
@@ -873,7 +884,17 @@ impl Parser<'_> {
             return None;
         }
         match QrcKey::from_decimal(p, q) {
-            Ok(key) => Some(Auth::Qrc(key)),
+            Ok(key) => {
+                let digits = p_len + q_len;
+                if digits < WEAK_KEY_DIGITS {
+                    let message = format!(
+                        "the QRC key has only about {digits} digits and is easy to break; \
+                         dhid --genkeys makes keys of 200"
+                    );
+                    self.warn(line, message);
+                }
+                Some(Auth::Qrc(key))
+            }
             Err(e) => {
                 self.error(line, e.to_string());
                 None
@@ -954,7 +975,9 @@ fn host_hash(host: &Host) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match host {
         Host::Addr(a) => a.hash(&mut hasher),
-        Host::Name(n) => n.bytes().for_each(|b| b.to_ascii_lowercase().hash(&mut hasher)),
+        Host::Name(n) => n
+            .bytes()
+            .for_each(|b| b.to_ascii_lowercase().hash(&mut hasher)),
     }
     hasher.finish()
 }
@@ -1297,7 +1320,8 @@ mod tests {
         for value in [21601, 86400, 715827883, u32::MAX] {
             let config = ok(&record(&format!("Refresh {value}\n")));
             assert_eq!(only(&config).refresh_proposal, value);
-            assert_eq!(only(&config).refresh_period(), value);
+            // dhid follows the 120 s dhisd will hold.
+            assert_eq!(only(&config).refresh_period(), 120);
             assert_eq!(config.warnings.len(), 1);
             let message = &config.warnings[0].message;
             assert_eq!(config.warnings[0].line, 5);
@@ -1305,7 +1329,7 @@ mod tests {
                 message.contains("21600") && message.contains("120"),
                 "{message}"
             );
-            assert!(message.contains("CHECK_REQ"), "{message}");
+            assert!(message.contains("refreshes every 120 s"), "{message}");
         }
     }
 
@@ -2130,10 +2154,8 @@ mod tests {
         assert_eq!(config.warnings.len(), 1);
         assert_eq!(config.warnings[0].line, 0);
         let m = &config.warnings[0].message;
-        assert!(
-            m.contains(&path.display().to_string()) && m.contains("0644"),
-            "{m}"
-        );
+        // The file's name comes first in every message about it.
+        assert!(m.contains("every user") && m.contains("0644"), "{m}");
     }
 
     #[test]

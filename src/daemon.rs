@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use log::{debug, error, info, warn};
+use log::{debug, error, info, trace, warn};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{ClockId, Expiration, TimerFd, TimerFlags, TimerSetTimeFlags};
@@ -207,6 +207,7 @@ impl Daemon {
         for _ in 0..4096 {
             match self.socket.recv_from(&mut buf) {
                 Ok((len, SocketAddr::V4(src))) => {
+                    trace!("received {len} bytes from {src}");
                     self.engine.handle_datagram(now, *src.ip(), &buf[..len]);
                 }
                 Ok((_, src)) => debug!("dropped datagram from {src}: not IPv4"),
@@ -229,9 +230,14 @@ impl Daemon {
     fn flush_outbox(&mut self) {
         let mut sent = 0;
         while sent < SEND_BATCH {
-            let Some(t) = self.engine.poll_transmit() else { return };
+            let Some(t) = self.engine.poll_transmit() else {
+                return;
+            };
             match self.socket.send_to(t.datagram.as_bytes(), t.dest) {
-                Ok(_) => sent += 1,
+                Ok(_) => {
+                    trace!("sent {:?} to {}", t.datagram, t.dest);
+                    sent += 1
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.engine.unsend(t);
                     return;
@@ -297,7 +303,7 @@ impl Daemon {
             }
             Event::NewSession { record } => {
                 let id = self.table[record].hostid;
-                info!("[{id}] logged in again with a new session (server restarted?)");
+                info!("[{id}] logged in again with a new session id");
             }
             Event::Resolve {
                 record,
@@ -347,7 +353,7 @@ impl Daemon {
                     info!("daemon exiting");
                     notify::notify("STOPPING=1");
                     self.engine.take_all_offline(now, OfflineReason::Shutdown);
-                    self.shutdown_by = Some(now + hooks::DEFAULT_TIMEOUT);
+                    self.shutdown_by = Some(now.saturating_add(hooks::DEFAULT_TIMEOUT));
                 }
                 Sig::Term | Sig::Int => {}
                 Sig::Usr1 => self.report_status(now),
@@ -368,10 +374,11 @@ impl Daemon {
                 for e in &errors {
                     error!("{e}");
                 }
-                error!(
-                    "{path} not reloaded: {} errors; the old configuration stays",
-                    errors.len()
-                );
+                let count = match errors.len() {
+                    1 => "1 error".to_string(),
+                    n => format!("{n} errors"),
+                };
+                error!("{path} not reloaded: {count}; the old configuration stays");
             }
             Ok(new) => {
                 for w in &new.warnings {
@@ -400,21 +407,21 @@ impl Daemon {
     }
 
     fn report_status(&self, now: Time) {
+        let ago = |t: Time| now.saturating_sub(t).as_secs();
         for (i, c) in self.table.iter().enumerate() {
             let s = self.engine.status(i);
-            let server = s
-                .server
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| "-".into());
+            let server = s.server.map_or_else(|| "-".to_string(), |s| s.to_string());
             let heard = s
                 .heard
-                .map(|h| format!("{}s ago", now.saturating_sub(h).as_secs()))
-                .unwrap_or_else(|| "never".into());
+                .map_or_else(|| "never".to_string(), |h| format!("{}s ago", ago(h)));
+            let next = s.next.saturating_sub(now).as_secs();
             info!(
-                "[{}] {} via {server} for {}s, server last heard {heard}",
+                "[{}] {} via {server} for {}s, next send in {next}s, refresh {}s, \
+                 server last heard {heard}",
                 c.hostid,
                 s.state,
-                now.saturating_sub(s.since).as_secs()
+                ago(s.since),
+                s.period.as_secs()
             );
         }
     }

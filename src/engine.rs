@@ -97,7 +97,11 @@ impl Engine {
             .map(|(k, c)| k.is_some_and(|i| !old[i].same_auth(&c.auth)))
             .collect();
         let removed = (0..old.len()).filter(|&i| !taken[i]).collect();
-        ReloadPlan { kept, removed, auth_changed }
+        ReloadPlan {
+            kept,
+            removed,
+            auth_changed,
+        }
     }
 
     /// First step of a reload: take the removed records offline. Their
@@ -212,7 +216,9 @@ impl Engine {
         };
         let h = msg.header;
         let first = self.by_hostid.partition_point(|&(id, _)| id < h.hostid);
-        let same = self.by_hostid[first..].iter().take_while(|&&(id, _)| id == h.hostid);
+        let same = self.by_hostid[first..]
+            .iter()
+            .take_while(|&&(id, _)| id == h.hostid);
         let mut same = same.map(|&(_, i)| i).peekable();
         if same.peek().is_none() {
             debug!(

@@ -68,7 +68,7 @@ pub struct Facts {
     pub server: SocketAddrV4,
 }
 
-fn exists_as_program(program: &str) -> bool {
+pub fn exists_as_program(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }
@@ -127,7 +127,7 @@ impl Hooks {
                     hostid: facts.hostid,
                     kind: facts.kind,
                     program,
-                    deadline: now + self.timeout,
+                    deadline: now.saturating_add(self.timeout),
                 });
             }
             Err(e) => warn!("[{}] {keyword} could not start: {e}", facts.hostid),

@@ -48,8 +48,8 @@ pub fn level_for(verbosity: u8) -> LevelFilter {
     }
 }
 
-/// Log to stderr. Timestamps are left out under systemd, whose journal
-/// stamps every line itself.
+/// Log to stderr: with timestamps, or under systemd (JOURNAL_STREAM set)
+/// with the journal's priority prefixes instead.
 pub fn init_stderr(level: LevelFilter) {
     let timestamps = std::env::var_os("JOURNAL_STREAM").is_none();
     install(Sink::Stderr { timestamps }, level);
@@ -132,7 +132,15 @@ impl Sink {
                 let _ = if *timestamps {
                     writeln!(err, "{} dhid: {tag}{text}", stamp())
                 } else {
-                    writeln!(err, "dhid: {tag}{text}")
+                    // The journal stamps and names each line itself, and
+                    // reads the priority from a "<N>" prefix.
+                    let priority = match level {
+                        Level::Error => 3,
+                        Level::Warn => 4,
+                        Level::Info => 6,
+                        Level::Debug | Level::Trace => 7,
+                    };
+                    writeln!(err, "<{priority}>{tag}{text}")
                 };
             }
             Sink::Syslog(logger) => {

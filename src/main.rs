@@ -35,7 +35,7 @@ struct Cli {
     #[arg(short = 'F', long = "foreground")]
     foreground: bool,
 
-    /// More log detail (repeat for more)
+    /// Debug log lines; twice: every datagram too
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
 
@@ -98,9 +98,25 @@ fn check(path: &Path) -> ExitCode {
         eprintln!("dhid: warning: {}", warning_text(path, w));
     }
     for r in &config.records {
+        for (keyword, hook) in [("OnCmd", &r.on_cmd), ("OffCmd", &r.off_cmd)] {
+            let Some(hook) = hook else { continue };
+            let lower = hook.program.to_lowercase();
+            if !dhid::hooks::exists_as_program(&hook.program)
+                && !dhid::hooks::exists_as_program(&lower)
+            {
+                let file = path.display();
+                eprintln!(
+                    "dhid: warning: {file}:{}: {keyword} program {} not found",
+                    hook.line, hook.program
+                );
+            }
+        }
         let servers: Vec<String> = r.servers.iter().map(|s| s.to_string()).collect();
         let auth = match &r.auth {
-            Auth::Password(p) => format!("password ({} characters)", p.chars().count()),
+            Auth::Password(p) => match p.chars().count() {
+                1 => "password of 1 character".to_string(),
+                n => format!("password of {n} characters"),
+            },
             Auth::Qrc(_) => "QRC".to_string(),
         };
         println!("HostID {}: {auth}, servers {}", r.hostid, servers.join(" "));
@@ -168,7 +184,25 @@ fn absolute(path: &Path) -> PathBuf {
         .unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Descriptors inherited from whoever started dhid (a shell's redirection,
+/// a caller's pipe) must not reach the hooks, and a detached daemon must
+/// not hold them open: a caller waiting for end of file would hang.
+fn shed_inherited_fds(detaching: bool) {
+    let flags = if detaching {
+        0
+    } else {
+        libc::CLOSE_RANGE_CLOEXEC as libc::c_int
+    };
+    // SAFETY: nothing of ours is open above stderr yet, so closing (or
+    // marking) every higher descriptor touches only inherited ones.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::close_range(3, libc::c_uint::MAX, flags);
+    }
+}
+
 fn start(cli: &Cli) -> Result<(), ()> {
+    shed_inherited_fds(!cli.foreground);
     let cli = &Cli {
         config: absolute(&cli.config),
         pidfile: absolute(&cli.pidfile),
@@ -220,9 +254,9 @@ fn start(cli: &Cli) -> Result<(), ()> {
 
     let pidfile = match PidFile::create(&cli.pidfile) {
         Ok((pidfile, stale)) => {
-            if let Some(pid) = stale {
+            if let Some(previous) = stale {
                 info!(
-                    "replaced stale pid file {} (pid {pid} is gone)",
+                    "replaced stale pid file {} ({previous})",
                     cli.pidfile.display()
                 );
             }
@@ -291,7 +325,8 @@ fn redirect_stdio() -> nix::Result<()> {
 /// its status, so `dhid && echo started` means it. The child becomes a
 /// session leader in `/`.
 fn detach() -> Result<OwnedFd, ()> {
-    let (read, write) = nix::unistd::pipe().map_err(|e| eprintln!("dhid: pipe: {e}"))?;
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| eprintln!("dhid: pipe: {e}"))?;
     // SAFETY: no other thread exists yet (the resolver and signal handlers
     // are set up after this), so the child may run arbitrary code.
     #[allow(unsafe_code)]

@@ -22,9 +22,9 @@ fn describe(path: &Path, what: &str, e: impl std::fmt::Display) -> String {
 }
 
 impl PidFile {
-    /// Lock and write `path`. Returns the pid file and, if it held the pid
-    /// of a dhid that is gone, that pid (for one log line).
-    pub fn create(path: &Path) -> Result<(PidFile, Option<i32>), String> {
+    /// Lock and write `path`. Returns the pid file and what it held
+    /// before, if anything (for one log line).
+    pub fn create(path: &Path) -> Result<(PidFile, Option<Previous>), String> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -47,7 +47,7 @@ impl PidFile {
             Err((_, e)) => return Err(describe(path, "lock", e)),
         };
 
-        let stale = read_pid(&mut lock).filter(|&p| p != std::process::id() as i32);
+        let stale = previous(&mut lock);
         lock.set_len(0).map_err(|e| describe(path, "truncate", e))?;
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
         writeln!(lock, "{}", std::process::id()).map_err(|e| describe(path, "write", e))?;
@@ -64,6 +64,50 @@ impl PidFile {
     pub fn remove(self) {
         let _ = fs::remove_file(&self.path);
     }
+}
+
+/// What a pid file held when dhid took it over. Nobody held its lock, so
+/// no dhid of ours was using it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Previous {
+    /// The pid of a process that is gone.
+    Gone(i32),
+    /// A live process that did not lock the file: not a dhid of this kind
+    /// (an old C dhid, or a recycled pid).
+    Unlocked(i32),
+    /// Not a pid at all.
+    Garbage,
+}
+
+impl std::fmt::Display for Previous {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Previous::Gone(pid) => write!(f, "pid {pid} is gone"),
+            Previous::Unlocked(pid) => write!(f, "pid {pid} runs but did not lock it"),
+            Previous::Garbage => f.write_str("it did not hold a pid"),
+        }
+    }
+}
+
+fn previous(file: &mut File) -> Option<Previous> {
+    let mut text = String::new();
+    file.rewind().ok()?;
+    file.read_to_string(&mut text).ok()?;
+    if text.trim().is_empty() {
+        return None;
+    }
+    let Some(pid) = read_pid(file) else {
+        return Some(Previous::Garbage);
+    };
+    if pid == std::process::id() as i32 {
+        return None;
+    }
+    let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    Some(if alive {
+        Previous::Unlocked(pid)
+    } else {
+        Previous::Gone(pid)
+    })
 }
 
 fn read_pid(file: &mut File) -> Option<i32> {

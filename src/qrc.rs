@@ -64,7 +64,11 @@ struct KeyParts {
 impl fmt::Debug for QrcKey {
     // The primes are the secret; only the public modulus's size is shown.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "QrcKey({} digit modulus)", self.0.n.to_str_radix(10).len())
+        write!(
+            f,
+            "QrcKey({} digit modulus)",
+            self.0.n.to_str_radix(10).len()
+        )
     }
 }
 
@@ -109,7 +113,14 @@ impl QrcKey {
         let exp_p = (&p + 1u32) >> 2;
         let exp_q = (&q + 1u32) >> 2;
         let q_inv_p = (&q % &p).modinv(&p).expect("distinct primes are coprime");
-        Ok(QrcKey(Arc::new(KeyParts { p, q, n, exp_p, exp_q, q_inv_p })))
+        Ok(QrcKey(Arc::new(KeyParts {
+            p,
+            q,
+            n,
+            exp_p,
+            exp_q,
+            q_inv_p,
+        })))
     }
 
     pub fn modulus(&self) -> &BigUint {

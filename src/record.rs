@@ -217,7 +217,9 @@ impl Server {
     }
 
     fn dest(&self) -> Option<SocketAddrV4> {
-        self.addrs().first().map(|a| SocketAddrV4::new(*a, self.port))
+        self.addrs()
+            .first()
+            .map(|a| SocketAddrV4::new(*a, self.port))
     }
 
     fn note_echo(&mut self, serial: u32) {
@@ -343,6 +345,9 @@ pub struct Status {
     pub address: Option<Ipv4Addr>,
     pub since: Time,
     pub heard: Option<Time>,
+    /// When the record next sends on its own (probe, retry or refresh).
+    pub next: Time,
+    pub period: Duration,
 }
 
 pub struct Record {
@@ -438,10 +443,12 @@ impl Record {
     }
 
     pub fn status(&self) -> Status {
-        let (state, server, address) = match &self.state {
-            State::Poll { .. } => ("polling", None, None),
-            State::Auth { dest, .. } => ("authenticating", Some(*dest), None),
-            State::Online(o) => ("online", Some(o.dest), Some(o.address)),
+        let (state, server, address, next) = match &self.state {
+            // Attempt 0 is a wait: after USR2, a refusal, or before start.
+            State::Poll { next, attempt: 0 } => ("waiting", None, None, *next),
+            State::Poll { next, .. } => ("polling", None, None, *next),
+            State::Auth { dest, deadline, .. } => ("authenticating", Some(*dest), None, *deadline),
+            State::Online(o) => ("online", Some(o.dest), Some(o.address), o.next_refresh),
         };
         Status {
             state,
@@ -449,13 +456,15 @@ impl Record {
             address,
             since: self.since,
             heard: self.heard,
+            next,
+            period: self.period(),
         }
     }
 
     fn set_state(&mut self, now: Time, state: State) {
-        let was_online = self.is_online();
+        let before = self.status().state;
         self.state = state;
-        if was_online != self.is_online() {
+        if before != self.status().state {
             self.since = now;
         }
     }
@@ -510,7 +519,7 @@ impl Record {
             self.echo(i, true, ctx);
         }
         let attempt = attempt.saturating_add(1);
-        let next = now + self.backoff(attempt, ctx);
+        let next = now.saturating_add(self.backoff(attempt, ctx));
         self.set_state(now, State::Poll { next, attempt });
     }
 
@@ -557,7 +566,7 @@ impl Record {
         };
         let pending = Pending { lowercase: false };
         self.send_auth(dest, pending, ctx);
-        let deadline = now + self.backoff(attempt.max(1), ctx);
+        let deadline = now.saturating_add(self.backoff(attempt.max(1), ctx));
         self.set_state(
             now,
             State::Auth {
@@ -592,7 +601,7 @@ impl Record {
             return;
         };
         let dest = o.dest;
-        o.next_refresh = now + period;
+        o.next_refresh = now.saturating_add(period);
         o.reauth = Some(Pending { lowercase: false });
         self.send_auth(dest, Pending { lowercase: false }, ctx);
     }
@@ -607,6 +616,7 @@ impl Record {
     ) {
         let id = self.hostid;
         let name = msg.body.name();
+        self.heard = Some(now);
         match msg.body {
             Body::EchoReq => {
                 // Answer to the configured port; the source port is random.
@@ -678,7 +688,7 @@ impl Record {
                     sid,
                     address,
                     heard: now,
-                    next_refresh: now + period,
+                    next_refresh: now.saturating_add(period),
                     reauth: None,
                 };
                 self.set_state(now, State::Online(online));
@@ -811,7 +821,7 @@ impl Record {
             self.server_period = Some(announced);
             let period = self.period();
             if let State::Online(o) = &mut self.state {
-                o.next_refresh = o.next_refresh.min(now + period);
+                o.next_refresh = o.next_refresh.min(now.saturating_add(period));
             }
         }
     }
@@ -825,7 +835,10 @@ impl Record {
         };
         let (dest, sid, address) = (o.dest, o.sid, o.address);
         let index = self.index;
-        if !matches!(reason, OfflineReason::Timeout | OfflineReason::Refused) {
+        // No OFFLINE_REQ to a server that went silent; a refusal of a new
+        // password or key still leaves the old session there, so that one
+        // is ended too.
+        if reason != OfflineReason::Timeout {
             let copies = ctx.policy.offline_copies;
             self.resend = Some(Resend {
                 dest,
@@ -855,7 +868,7 @@ impl Record {
         let Some(r) = &mut self.resend else { return };
         ctx.send(r.dest, self.hostid, Body::OfflineReq { sid: r.sid });
         r.left -= 1;
-        r.at = now + ctx.policy.offline_spacing;
+        r.at = now.saturating_add(ctx.policy.offline_spacing);
         if r.left == 0 {
             self.resend = None;
         }
@@ -876,7 +889,7 @@ impl Record {
             server.echo_serials = [0; 4];
             server.echo_pending = false;
         }
-        let next = now + self.period();
+        let next = now.saturating_add(self.period());
         self.set_state(now, State::Poll { next, attempt: 0 });
     }
 
@@ -907,7 +920,7 @@ impl Record {
         self.period = Duration::from_secs(config.refresh_period().into());
         let period = self.period();
         if let State::Online(o) = &mut self.state {
-            o.next_refresh = o.next_refresh.min(now + period);
+            o.next_refresh = o.next_refresh.min(now.saturating_add(period));
         }
 
         if !auth_changed {
@@ -917,8 +930,14 @@ impl Record {
         self.auth_print = fingerprint(&config.auth);
         match self.state {
             State::Online(_) => self.reauthenticate(ctx),
-            State::Auth { .. } => self.set_state(now, State::Poll { next: now, attempt: 0 }),
-            State::Poll { .. } => {}
+            // A password fixed after a refusal is tried at once.
+            State::Auth { .. } | State::Poll { .. } => self.set_state(
+                now,
+                State::Poll {
+                    next: now,
+                    attempt: 0,
+                },
+            ),
         }
     }
 
@@ -935,7 +954,11 @@ impl Record {
     pub fn same_as(&self, config: &RecordConfig) -> bool {
         self.hostid == config.hostid
             && self.servers.len() == config.servers.len()
-            && self.servers.iter().zip(&config.servers).all(|(s, c)| s.is(c))
+            && self
+                .servers
+                .iter()
+                .zip(&config.servers)
+                .all(|(s, c)| s.is(c))
     }
 
     /// Whether `auth` is the password or key this record logs in with.
@@ -947,5 +970,4 @@ impl Record {
     pub fn match_server(&self, src: Ipv4Addr, rport: u32) -> Option<usize> {
         self.servers.iter().position(|s| s.owns(src, rport))
     }
-
 }

@@ -352,7 +352,10 @@ pub fn encode(msg: &Message) -> Datagram {
     if len <= SMALL_LEN {
         let mut small = [0; SMALL_LEN];
         small.copy_from_slice(&buf[..SMALL_LEN]);
-        Datagram(Repr::Small { buf: small, len: len as u8 })
+        Datagram(Repr::Small {
+            buf: small,
+            len: len as u8,
+        })
     } else {
         debug_assert_eq!(len, MAX_LEN, "only AUTH_SX and AUTH_SY are large");
         Datagram(Repr::Large(Box::new(buf)))

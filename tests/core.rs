@@ -136,6 +136,20 @@ impl Sim {
         )
     }
 
+    /// Answer a probe; returns the body of the AUTH_REQ it draws.
+    fn login_request(&mut self, hostid: u32, echo: &Sent) -> Body {
+        let serial = echo.msg.header.serial;
+        let sent = self.receive(
+            SERVER,
+            SPORT,
+            hostid,
+            Body::EchoAck {
+                echo_serial: serial,
+            },
+        );
+        sent[0].msg.body
+    }
+
     /// Log record `hostid` in with a password: ECHO_ACK, then AUTH_ACK.
     fn login(&mut self, hostid: u32, sid: u32, echo: &Sent) -> Vec<Sent> {
         let serial = echo.msg.header.serial;
@@ -369,26 +383,65 @@ fn huge_refresh_does_not_overflow_the_timeout() {
     let sent = sim.advance_to(Duration::ZERO);
     sim.login(1, 9, &sent[0]);
     assert!(matches!(sim.take_events()[..], [Event::Online { .. }]));
-    sim.advance_to(secs(3600.0));
+    // The C dhid computed 3 x Refresh in 32 bits and timed out at once.
+    // Here the period is the 120 s dhisd holds, and silence ends the
+    // session after three of them, not before.
+    sim.advance_to(secs(359.9));
     assert!(sim.take_events().is_empty());
     assert!(sim.engine.records()[0].is_online());
+    sim.advance_to(secs(360.0));
+    assert!(matches!(
+        sim.take_events()[..],
+        [Event::Offline {
+            reason: OfflineReason::Timeout,
+            ..
+        }]
+    ));
+
+    // Durations at the far end of the range saturate, they do not wrap.
+    let mut policy_sim = Sim::new(&[pass_record(2, "pw")]);
+    policy_sim.now = Duration::MAX - secs(1.0);
+    policy_sim.engine.handle_timeout(policy_sim.now);
+    policy_sim.drain();
 }
 
 #[test]
 fn check_req_is_answered_and_its_period_adopted() {
-    let config = record(1, Auth::Password("pw".into()), &[(SERVER, SPORT)], 86_400);
+    let config = record(1, Auth::Password("pw".into()), &[(SERVER, SPORT)], 3600);
     let mut sim = Sim::new(&[config]);
     let sent = sim.advance_to(Duration::ZERO);
     sim.login(1, 0x0bad_cafe, &sent[0]);
 
-    let sent = sim.receive(SERVER, SPORT, 1, Body::CheckReq { refresh: 120 });
+    let sent = sim.receive(SERVER, SPORT, 1, Body::CheckReq { refresh: 90 });
     assert_eq!(opcodes(&sent), ["CHECK_ACK"]);
     assert_eq!(sent[0].msg.body, Body::CheckAck { sid: 0x0bad_cafe });
     assert_eq!(sent[0].dest, SocketAddrV4::new(SERVER, SPORT));
 
-    // Refreshes now follow the server's 120 s, not the day we asked for.
-    let sent = sim.advance_to(secs(120.0));
+    // Refreshes now follow the server's 90 s, not the hour we asked for.
+    assert!(sim.advance_to(secs(89.9)).is_empty());
+    let sent = sim.advance_to(secs(90.0));
     assert_eq!(opcodes(&sent), ["ECHO_REQ", "AUTH_REQ"]);
+}
+
+/// dhisd holds 120 s for a proposal above 21600; dhid uses that from the
+/// start, so a restarted server (which sends no CHECK_REQ, having no
+/// session) hears from it within two minutes, not in a day.
+#[test]
+fn a_refresh_beyond_the_server_limit_refreshes_at_its_120_seconds() {
+    let config = record(1, Auth::Password("pw".into()), &[(SERVER, SPORT)], 86_400);
+    let mut sim = Sim::new(&[config]);
+    let sent = sim.advance_to(Duration::ZERO);
+    let Body::AuthReq { refresh, .. } = sim.login_request(1, &sent[0]) else {
+        panic!()
+    };
+    assert_eq!(refresh, 86_400, "the proposal is still what the file says");
+    let address = Ipv4Addr::new(192, 0, 2, 7);
+    sim.receive(SERVER, SPORT, 1, Body::AuthAck { sid: 1, address });
+    assert!(sim.advance_to(secs(119.9)).is_empty());
+    assert_eq!(
+        opcodes(&sim.advance_to(secs(120.0))),
+        ["ECHO_REQ", "AUTH_REQ"]
+    );
 }
 
 #[test]
