@@ -121,6 +121,19 @@ impl Sim {
         std::mem::take(&mut self.events)
     }
 
+    /// The server's ECHO_ACK to one of our ECHO_REQs; returns what it drew.
+    fn answer(&mut self, probe: &Sent, hostid: u32) -> Vec<Sent> {
+        let serial = probe.msg.header.serial;
+        self.receive(
+            SERVER,
+            SPORT,
+            hostid,
+            Body::EchoAck {
+                echo_serial: serial,
+            },
+        )
+    }
+
     /// Start the clock and answer the first ECHO_REQ; returns what that
     /// answer drew (the AUTH_REQ).
     fn answer_first_probe(&mut self, hostid: u32) -> Vec<Sent> {
@@ -264,18 +277,7 @@ fn redundant_servers_first_answer_wins() {
     assert_eq!(auth[0].dest, SocketAddrV4::new(second, 58903));
 
     // The slower server's answer changes nothing.
-    let serial = sent[0].msg.header.serial;
-    assert!(
-        sim.receive(
-            SERVER,
-            SPORT,
-            7,
-            Body::EchoAck {
-                echo_serial: serial
-            }
-        )
-        .is_empty()
-    );
+    assert!(sim.answer(&sent[0], 7).is_empty());
     // Nor does an AUTH_ACK from it: only the selected server authenticates.
     let address = Ipv4Addr::new(192, 0, 2, 9);
     assert!(
@@ -294,18 +296,7 @@ fn keepalive_refreshes_and_reauthenticates_every_period() {
     let sent = sim.advance_to(secs(60.0));
     assert_eq!(opcodes(&sent), ["ECHO_REQ", "AUTH_REQ"]);
 
-    let serial = sent[0].msg.header.serial;
-    assert!(
-        sim.receive(
-            SERVER,
-            SPORT,
-            1000,
-            Body::EchoAck {
-                echo_serial: serial
-            }
-        )
-        .is_empty()
-    );
+    assert!(sim.answer(&sent[0], 1000).is_empty());
     let address = Ipv4Addr::new(192, 0, 2, 7);
     sim.receive(SERVER, SPORT, 1000, Body::AuthAck { sid: 77, address });
     assert!(
@@ -912,17 +903,6 @@ fn late_answers_after_usr2_do_not_log_in_early() {
     let probe = sim.advance_to(Duration::ZERO);
     sim.engine.take_all_offline(sim.now, OfflineReason::Usr2);
     sim.drain();
-    let serial = probe[0].msg.header.serial;
-    assert!(
-        sim.receive(
-            SERVER,
-            SPORT,
-            1,
-            Body::EchoAck {
-                echo_serial: serial
-            }
-        )
-        .is_empty()
-    );
+    assert!(sim.answer(&probe[0], 1).is_empty());
     assert!(sim.advance_to(secs(59.0)).is_empty());
 }
