@@ -32,6 +32,8 @@ const RCVBUF: usize = 4 << 20;
 /// in flight fit the buffer many times over.
 const SEND_BATCH: usize = 256;
 
+const TRIM_AFTER: Duration = Duration::from_secs(10);
+
 /// The clock of every deadline: monotonic, and counting suspended time, so
 /// that after a resume dhid knows the server has timed it out.
 pub fn now() -> Time {
@@ -73,6 +75,14 @@ impl From<RecordConfig> for Entry {
     }
 }
 
+/// The loop's table, in a buffer of its own: collecting in place would
+/// keep the much larger buffer of the configurations alive.
+fn entries(configs: Vec<RecordConfig>) -> Vec<Entry> {
+    let mut table = Vec::with_capacity(configs.len());
+    table.extend(configs.into_iter().map(Entry::from));
+    table
+}
+
 /// How a run of the loop ended.
 pub enum Exit {
     /// TERM or INT: records taken offline, hooks waited for.
@@ -91,6 +101,9 @@ pub struct Daemon {
     config_path: PathBuf,
     hooks: Hooks,
     shutdown_by: Option<Time>,
+    /// When to drop start-up code pages: once things have settled, so
+    /// that the first logins do not fault them back in one by one.
+    trim_at: Option<Time>,
 }
 
 fn seed() -> u64 {
@@ -119,10 +132,11 @@ impl Daemon {
             signals: Signals::install()?,
             resolver: Resolver::new()?,
             engine,
-            table: configs.into_iter().map(Entry::from).collect(),
+            table: entries(configs),
             config_path,
             hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
             shutdown_by: None,
+            trim_at: Some(now().saturating_add(TRIM_AFTER)),
         })
     }
 
@@ -151,6 +165,10 @@ impl Daemon {
             }
             self.engine.handle_timeout(now);
             self.hooks.check(now);
+            if self.trim_at.is_some_and(|at| at <= now) {
+                self.trim_at = None;
+                crate::memory::trim_code_pages();
+            }
         }
     }
 
@@ -158,7 +176,10 @@ impl Daemon {
         let hooks = self.hooks.next_deadline();
         let engine = self.engine.poll_timeout();
         let shutdown = self.shutdown_by;
-        [hooks, engine, shutdown].into_iter().flatten().min()
+        [hooks, engine, shutdown, self.trim_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn arm_timer(&mut self) -> io::Result<()> {
@@ -392,7 +413,7 @@ impl Daemon {
                 // Removed records' events name the old table.
                 self.drain_engine();
                 self.engine.apply(now, &new.records, &plan);
-                self.table = new.records.into_iter().map(Entry::from).collect();
+                self.table = entries(new.records);
                 crate::memory::trim_heap();
                 let kept = plan.kept.iter().flatten().count();
                 info!(

@@ -156,6 +156,13 @@ impl Engine {
             self.scheduled[i] = Some(deadline);
             self.heap.push(Reverse((deadline, i)));
         }
+        // Stale entries wait until their time comes; when they outnumber
+        // the live ones, the heap is rebuilt from the live ones alone.
+        if self.heap.len() > 2 * self.records.len() + 64 {
+            let live = self.scheduled.iter().enumerate();
+            let live = live.filter_map(|(i, at)| at.map(|at| Reverse((at, i))));
+            self.heap = live.collect();
+        }
     }
 
     /// The earliest deadline of any record.

@@ -282,7 +282,6 @@ fn start(cli: &Cli) -> Result<(), ()> {
     report(ready, Ok(()));
     dhid::notify::ready();
     dhid::memory::trim_heap();
-    dhid::memory::trim_code_pages();
 
     let result = daemon.run();
     pidfile.remove();

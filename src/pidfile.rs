@@ -51,7 +51,6 @@ impl PidFile {
         lock.set_len(0).map_err(|e| describe(path, "truncate", e))?;
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
         writeln!(lock, "{}", std::process::id()).map_err(|e| describe(path, "write", e))?;
-        lock.sync_data().map_err(|e| describe(path, "write", e))?;
         Ok((
             PidFile {
                 path: path.to_path_buf(),

@@ -242,6 +242,43 @@ fn fingerprint(auth: &Auth) -> u64 {
     hasher.finish()
 }
 
+/// A record's servers: almost always one, kept inline then, so that ten
+/// thousand records do not cost ten thousand heap blocks.
+#[derive(Clone, Debug)]
+enum Servers {
+    One(Server),
+    Many(Box<[Server]>),
+}
+
+impl Servers {
+    fn new(specs: &[ServerSpec]) -> Servers {
+        match specs {
+            [one] => Servers::One(Server::new(one)),
+            _ => Servers::Many(specs.iter().map(Server::new).collect()),
+        }
+    }
+}
+
+impl std::ops::Deref for Servers {
+    type Target = [Server];
+
+    fn deref(&self) -> &[Server] {
+        match self {
+            Servers::One(s) => std::slice::from_ref(s),
+            Servers::Many(all) => all,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Servers {
+    fn deref_mut(&mut self) -> &mut [Server] {
+        match self {
+            Servers::One(s) => std::slice::from_mut(s),
+            Servers::Many(all) => all,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Secret {
     Password {
@@ -364,7 +401,7 @@ pub struct Record {
     period: Duration,
     /// The shorter period a CHECK_REQ announced, if any.
     server_period: Option<Duration>,
-    servers: Box<[Server]>,
+    servers: Servers,
     silent_periods: u32,
     state: State,
     since: Time,
@@ -389,7 +426,7 @@ impl Record {
             refresh_proposal: config.refresh_proposal,
             period: Duration::from_secs(config.refresh_period().into()),
             server_period: None,
-            servers: config.servers.iter().map(Server::new).collect(),
+            servers: Servers::new(&config.servers),
             silent_periods: policy.silent_periods.max(1),
             state: State::Poll {
                 next: now,
@@ -885,7 +922,7 @@ impl Record {
     /// Poll again only after a whole period, and ignore late answers to
     /// probes sent before: they must not start a login earlier.
     fn wait_a_period(&mut self, now: Time) {
-        for server in &mut self.servers {
+        for server in self.servers.iter_mut() {
             server.echo_serials = [0; 4];
             server.echo_pending = false;
         }
