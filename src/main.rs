@@ -252,6 +252,17 @@ fn start(cli: &Cli) -> Result<(), ()> {
         warn!("{}", warning_text(&cli.config, w));
     }
 
+    // The daemon first: its signal handlers are in place before the pid
+    // file names it, so a TERM sent at once is an orderly one.
+    let mut daemon = match Daemon::new(socket, config.records, cli.config.clone(), cli.port) {
+        Ok(d) => d,
+        Err(e) => {
+            let msg = format!("cannot start: {e}");
+            error!("{msg}");
+            report(ready, Err(msg));
+            return Err(());
+        }
+    };
     let pidfile = match PidFile::create(&cli.pidfile) {
         Ok((pidfile, stale)) => {
             if let Some(previous) = stale {
@@ -265,17 +276,6 @@ fn start(cli: &Cli) -> Result<(), ()> {
         Err(msg) => {
             error!("{msg}");
             report(ready, Err(msg));
-            return Err(());
-        }
-    };
-
-    let mut daemon = match Daemon::new(socket, config.records, cli.config.clone(), cli.port) {
-        Ok(d) => d,
-        Err(e) => {
-            let msg = format!("cannot start: {e}");
-            error!("{msg}");
-            report(ready, Err(msg));
-            pidfile.remove();
             return Err(());
         }
     };

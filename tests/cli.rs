@@ -212,29 +212,25 @@ fn a_stale_pid_file_is_replaced() {
 
     // A pid that cannot be running: beyond pid_max.
     std::fs::write(&pidfile, "99999999\n").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "-F",
-            "-f",
-            path.to_str().unwrap(),
-            "-P",
-            pidfile.to_str().unwrap(),
-        ])
-        .args(["-p", &free_udp_port().to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = out.id() as i32;
-    let written = common::wait_until(SHORT, Duration::from_millis(20), || {
-        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.trim() == pid.to_string())
-    });
-    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
-    let output = out.wait_with_output().unwrap();
-    assert!(written, "stale pid file not replaced");
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "-F",
+        "-f",
+        path.to_str().unwrap(),
+        "-P",
+        pidfile.to_str().unwrap(),
+    ])
+    .args(["-p", &free_udp_port().to_string()]);
+    let mut run = common::dhid::Captured::spawn(cmd, &dir.path().display().to_string());
+    let line = run.wait_line("replaced stale pid file", SHORT);
     assert!(
-        text(&output.stderr).contains("stale pid file"),
-        "{}",
-        text(&output.stderr)
+        line.is_some_and(|l| l.contains("pid 99999999 is gone")),
+        "{:?}",
+        run.lines()
     );
+    let pid = run.pid().to_string();
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap().trim(), pid);
+    run.signal(Signal::SIGTERM);
+    assert!(run.wait_exit(SHORT).is_some_and(|s| s.success()));
+    assert!(!pidfile.exists());
 }
