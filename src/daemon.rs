@@ -32,7 +32,7 @@ const RCVBUF: usize = 4 << 20;
 /// in flight fit the buffer many times over.
 const SEND_BATCH: usize = 256;
 
-const TRIM_AFTER: Duration = Duration::from_secs(10);
+const TRIM_AFTER: Duration = Duration::from_millis(500);
 
 /// The clock of every deadline: monotonic, and counting suspended time, so
 /// that after a resume dhid knows the server has timed it out.
