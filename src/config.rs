@@ -109,6 +109,17 @@ pub struct Warning {
     pub message: String,
 }
 
+impl Warning {
+    /// `file:line: message`, or `file: message` about the file as a whole,
+    /// as errors are shown.
+    pub fn in_file(&self, file: &std::path::Path) -> String {
+        match self.line {
+            0 => format!("{}: {}", file.display(), self.message),
+            line => format!("{}:{line}: {}", file.display(), self.message),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub records: Vec<RecordConfig>,

@@ -83,12 +83,6 @@ fn entries(configs: Vec<RecordConfig>) -> Vec<Entry> {
     table
 }
 
-/// How a run of the loop ended.
-pub enum Exit {
-    /// TERM or INT: records taken offline, hooks waited for.
-    Shutdown,
-}
-
 pub struct Daemon {
     socket: UdpSocket,
     timer: TimerFd,
@@ -104,6 +98,9 @@ pub struct Daemon {
     /// When to drop start-up code pages: once things have settled, so
     /// that the first logins do not fault them back in one by one.
     trim_at: Option<Time>,
+    /// The deadline the timer is set to, so that a wake-up that changes no
+    /// deadline costs no system call to set it again.
+    armed: Option<Time>,
 }
 
 fn seed() -> u64 {
@@ -137,35 +134,40 @@ impl Daemon {
             hooks: Hooks::new(hooks::DEFAULT_TIMEOUT),
             shutdown_by: None,
             trim_at: Some(now().saturating_add(TRIM_AFTER)),
+            armed: None,
         })
     }
 
-    pub fn run(&mut self) -> io::Result<Exit> {
-        self.engine.handle_timeout(now());
+    /// Run until TERM or INT has taken every record offline and the hooks
+    /// are done.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut woke = now();
+        self.engine.handle_timeout(woke);
         loop {
-            self.drain_engine();
+            self.drain_engine(woke);
             self.flush_outbox();
-            if let Some(exit) = self.finished() {
-                return Ok(exit);
+            if self.finished() {
+                return Ok(());
             }
             self.arm_timer()?;
             let (sock, sigs, names) = self.wait()?;
 
-            let now = now();
+            // One clock read per wake-up serves everything it handles.
+            woke = now();
             if sigs {
-                self.on_signals(now);
+                self.on_signals(woke);
             }
             if sock {
-                self.receive(now);
+                self.receive(woke);
             }
             if names {
                 for ((record, server), addrs) in self.resolver.answers() {
                     self.engine.handle_resolved(record, server, addrs);
                 }
             }
-            self.engine.handle_timeout(now);
-            self.hooks.check(now);
-            if self.trim_at.is_some_and(|at| at <= now) {
+            self.engine.handle_timeout(woke);
+            self.hooks.check(woke);
+            if self.trim_at.is_some_and(|at| at <= woke) {
                 self.trim_at = None;
                 crate::memory::trim_code_pages();
             }
@@ -183,7 +185,12 @@ impl Daemon {
     }
 
     fn arm_timer(&mut self) -> io::Result<()> {
-        match self.next_deadline() {
+        let next = self.next_deadline();
+        if next == self.armed {
+            return Ok(());
+        }
+        self.armed = next;
+        match next {
             Some(at) => {
                 // Zero would disarm the timer; a deadline in the past fires
                 // at once anyway.
@@ -217,7 +224,9 @@ impl Daemon {
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         if ready(&fds[3]) {
+            // A one-shot timer that fired is no longer set.
             let _ = self.timer.wait();
+            self.armed = None;
         }
         Ok((ready(&fds[0]), ready(&fds[1]), ready(&fds[2])))
     }
@@ -271,8 +280,7 @@ impl Daemon {
         }
     }
 
-    fn drain_engine(&mut self) {
-        let now = now();
+    fn drain_engine(&mut self, now: Time) {
         while let Some(event) = self.engine.poll_event() {
             self.on_event(event, now);
         }
@@ -330,7 +338,6 @@ impl Daemon {
                 record,
                 server,
                 host,
-                ..
             } => {
                 if let Err(e) = self.resolver.request(&host, (record, server)) {
                     warn!("cannot start a lookup of {host}: {e}");
@@ -403,15 +410,12 @@ impl Daemon {
             }
             Ok(new) => {
                 for w in &new.warnings {
-                    match w.line {
-                        0 => warn!("{path}: {}", w.message),
-                        line => warn!("{path}:{line}: {}", w.message),
-                    }
+                    warn!("{}", w.in_file(&self.config_path));
                 }
                 let plan = self.engine.plan_reload(&new.records);
                 self.engine.retire(now, &plan);
                 // Removed records' events name the old table.
-                self.drain_engine();
+                self.drain_engine(now);
                 self.engine.apply(now, &new.records, &plan);
                 self.table = entries(new.records);
                 crate::memory::trim_heap();
@@ -449,15 +453,17 @@ impl Daemon {
 
     /// After TERM: done once the OFFLINE_REQ copies are out and the hooks
     /// have finished, or the hook timeout has passed.
-    fn finished(&mut self) -> Option<Exit> {
-        let by = self.shutdown_by?;
+    fn finished(&mut self) -> bool {
+        let Some(by) = self.shutdown_by else {
+            return false;
+        };
         if self.engine.sending_offline() || self.engine.has_transmits() {
-            return None;
+            return false;
         }
         if self.hooks.running() > 0 && now() < by {
-            return None;
+            return false;
         }
         self.hooks.kill_all();
-        Some(Exit::Shutdown)
+        true
     }
 }

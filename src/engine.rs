@@ -178,7 +178,9 @@ impl Engine {
     }
 
     pub fn handle_timeout(&mut self, now: Time) {
-        self.handle_retired(now);
+        // Records whose last OFFLINE_REQ copy went out in this call; their
+        // shared sessions are dealt with once, after all of them.
+        let mut done = self.handle_retired(now);
         while let Some(Reverse((at, i))) = self.heap.peek().copied() {
             if at > now {
                 break;
@@ -191,13 +193,16 @@ impl Engine {
             let had_resend = self.records[i].has_resend();
             self.records[i].on_timeout(now, &mut self.ctx);
             if had_resend && !self.records[i].has_resend() {
-                self.after_offline_copies(self.records[i].uid);
+                done.push(self.records[i].uid);
             }
             self.reschedule(i);
         }
+        self.after_offline_copies(&mut done);
     }
 
-    fn handle_retired(&mut self, now: Time) {
+    /// Serve the retired records' deadlines; returns the uids whose last
+    /// copy went out.
+    fn handle_retired(&mut self, now: Time) -> Vec<u64> {
         let mut done = Vec::new();
         for r in &mut self.retired {
             if r.deadline() <= now {
@@ -208,9 +213,7 @@ impl Engine {
             }
         }
         self.retired.retain(Record::has_resend);
-        for uid in done {
-            self.after_offline_copies(uid);
-        }
+        done
     }
 
     pub fn handle_datagram(&mut self, now: Time, src: Ipv4Addr, data: &[u8]) {
@@ -284,27 +287,37 @@ impl Engine {
 
     /// dhisd gives one session id to every host that logs in within the
     /// same second and takes offline whichever host holds the id named in
-    /// an OFFLINE_REQ (PROTOCOL.md 8.2, 8.5). So once the last copy of
-    /// record `uid` is out, every record of ours still online at that
-    /// server with the same session id logs in again, to be online there
-    /// for sure.
-    fn after_offline_copies(&mut self, uid: u64) {
-        let (done, rest): (Vec<_>, Vec<_>) = self
-            .shared_offline
-            .drain(..)
-            .partition(|&(owner, _, _)| owner == uid);
-        self.shared_offline = rest;
-        for (_, ip, sid) in done {
-            for j in 0..self.records.len() {
-                let Some((dest, s)) = self.records[j].session() else {
-                    continue;
-                };
-                if *dest.ip() == ip && s == sid {
-                    let id = self.records[j].hostid;
-                    debug!("[{id}] shares a session id just taken offline; logging in again");
-                    self.records[j].reauthenticate(&mut self.ctx);
-                    self.reschedule(j);
-                }
+    /// an OFFLINE_REQ (PROTOCOL.md 8.2, 8.5). So once the last copy of the
+    /// records `done` is out, every record of ours still online at that
+    /// server with one of their session ids logs in again, to be online
+    /// there for sure. One pass over the table for all of them: after USR2
+    /// with ten thousand records that is the difference that matters.
+    fn after_offline_copies(&mut self, done: &mut [u64]) {
+        if done.is_empty() || self.shared_offline.is_empty() {
+            return;
+        }
+        done.sort_unstable();
+        let mut sessions = Vec::new();
+        self.shared_offline.retain(|&(owner, ip, sid)| {
+            let finished = done.binary_search(&owner).is_ok();
+            if finished {
+                sessions.push((ip, sid));
+            }
+            !finished
+        });
+        if sessions.is_empty() {
+            return;
+        }
+        sessions.sort_unstable();
+        for j in 0..self.records.len() {
+            let Some((dest, sid)) = self.records[j].session() else {
+                continue;
+            };
+            if sessions.binary_search(&(*dest.ip(), sid)).is_ok() {
+                let id = self.records[j].hostid;
+                debug!("[{id}] shares a session id just taken offline; logging in again");
+                self.records[j].reauthenticate(&mut self.ctx);
+                self.reschedule(j);
             }
         }
     }

@@ -68,7 +68,7 @@ pub struct Facts {
     pub server: SocketAddrV4,
 }
 
-pub fn exists_as_program(program: &str) -> bool {
+fn exists_as_program(program: &str) -> bool {
     if program.contains('/') {
         return Path::new(program).is_file();
     }
@@ -76,15 +76,32 @@ pub fn exists_as_program(program: &str) -> bool {
     std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
 }
 
-/// The C dhid lower-cased whole config lines, so an old config may name
-/// `/etc/dhid/OnLine.sh` for a file that only works as `online.sh`: a
-/// program that exists only lower-cased is run lower-cased.
-fn choose_program(program: &str) -> (String, bool) {
-    let lower = program.to_lowercase();
-    if lower != program && !exists_as_program(program) && exists_as_program(&lower) {
-        return (lower, true);
+/// The program a hook line names, as it will be run: as written, or, when
+/// only that exists, lower-cased. The C dhid lower-cased whole config
+/// lines, so an old config may name `/etc/dhid/OnLine.sh` for a file that
+/// only works as `online.sh`. `None` when neither form is found.
+pub fn find_program(program: &str) -> Option<String> {
+    if exists_as_program(program) {
+        return Some(program.to_string());
     }
-    (program.to_string(), false)
+    let lower = program.to_lowercase();
+    (lower != program && exists_as_program(&lower)).then_some(lower)
+}
+
+/// What `run` starts: a missing program is still handed to the shell,
+/// which reports it with status 127.
+fn choose_program(program: &str) -> (String, bool) {
+    // Only a name with capitals has a lower-case form to look for.
+    if program.to_lowercase() == program {
+        return (program.to_string(), false);
+    }
+    match find_program(program) {
+        Some(found) => {
+            let lowered = found != program;
+            (found, lowered)
+        }
+        None => (program.to_string(), false),
+    }
 }
 
 impl Hooks {
@@ -181,9 +198,7 @@ impl Hooks {
                 true
             }
             Ok(None) if r.deadline <= now => {
-                let pid = Pid::from_raw(r.child.id() as i32);
-                let _ = killpg(pid, Signal::SIGKILL);
-                let _ = r.child.wait();
+                kill(&mut r.child);
                 warn!(
                     "[{}] {keyword} still running after {:?}, killed",
                     r.hostid, self.timeout
@@ -201,9 +216,7 @@ impl Hooks {
     /// Kill every hook still running (exit after the wait for them).
     pub fn kill_all(&mut self) {
         for r in &mut self.running {
-            let pid = Pid::from_raw(r.child.id() as i32);
-            let _ = killpg(pid, Signal::SIGKILL);
-            let _ = r.child.wait();
+            kill(&mut r.child);
             warn!(
                 "[{}] {} still running at exit, killed",
                 r.hostid,
@@ -212,4 +225,11 @@ impl Hooks {
         }
         self.running.clear();
     }
+}
+
+/// Kill a hook with everything it started (its own process group), and
+/// reap it.
+fn kill(child: &mut Child) {
+    let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+    let _ = child.wait();
 }

@@ -21,6 +21,17 @@ struct Repeat {
     count: u64,
 }
 
+impl Repeat {
+    /// Say how often the last line came again, if it did.
+    fn summarise(&mut self, sink: &mut Sink) {
+        if self.count > 0 {
+            let summary = format!("last message repeated {} times", self.count);
+            sink.write(Level::Info, &summary);
+            self.count = 0;
+        }
+    }
+}
+
 pub struct Logger {
     sink: Mutex<(Sink, Repeat)>,
     level: LevelFilter,
@@ -187,11 +198,7 @@ impl Log for Logger {
             repeat.count += 1;
             return;
         }
-        if repeat.count > 0 {
-            let summary = format!("last message repeated {} times", repeat.count);
-            sink.write(Level::Info, &summary);
-        }
-        repeat.count = 0;
+        repeat.summarise(sink);
         repeat.last = if record.level() <= Level::Warn {
             text.clone()
         } else {
@@ -203,11 +210,7 @@ impl Log for Logger {
     fn flush(&self) {
         if let Ok(mut guard) = self.sink.lock() {
             let (sink, repeat) = &mut *guard;
-            if repeat.count > 0 {
-                let summary = format!("last message repeated {} times", repeat.count);
-                sink.write(Level::Info, &summary);
-                repeat.count = 0;
-            }
+            repeat.summarise(sink);
         }
     }
 }

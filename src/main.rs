@@ -58,10 +58,7 @@ const USAGE: u8 = 2;
 fn main() -> ExitCode {
     // The old manual page documented -l for the config file; say what
     // replaced it instead of clap's generic complaint.
-    if std::env::args()
-        .skip(1)
-        .any(|a| a == "-l" || a.starts_with("-l"))
-    {
+    if std::env::args().skip(1).any(|a| a.starts_with("-l")) {
         eprintln!("dhid: -l is not an option; give the configuration file with -f FILE");
         eprintln!("Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]");
         return ExitCode::from(USAGE);
@@ -95,15 +92,12 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     for w in &config.warnings {
-        eprintln!("dhid: warning: {}", warning_text(path, w));
+        eprintln!("dhid: warning: {}", w.in_file(path));
     }
     for r in &config.records {
         for (keyword, hook) in [("OnCmd", &r.on_cmd), ("OffCmd", &r.off_cmd)] {
             let Some(hook) = hook else { continue };
-            let lower = hook.program.to_lowercase();
-            if !dhid::hooks::exists_as_program(&hook.program)
-                && !dhid::hooks::exists_as_program(&lower)
-            {
+            if dhid::hooks::find_program(&hook.program).is_none() {
                 let file = path.display();
                 eprintln!(
                     "dhid: warning: {file}:{}: {keyword} program {} not found",
@@ -154,14 +148,6 @@ fn genkeys() -> ExitCode {
         println!("{line}");
     }
     ExitCode::SUCCESS
-}
-
-fn warning_text(path: &Path, w: &config::Warning) -> String {
-    if w.line == 0 {
-        format!("{}: {}", path.display(), w.message)
-    } else {
-        format!("{}:{}: {}", path.display(), w.line, w.message)
-    }
 }
 
 /// A fatal start-up error: to the log, and to stderr too when the log is
@@ -236,7 +222,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     if !cli.foreground {
         // Shown once where the administrator started dhid, then logged.
         for w in &config.warnings {
-            eprintln!("dhid: warning: {}", warning_text(&cli.config, w));
+            eprintln!("dhid: warning: {}", w.in_file(&cli.config));
         }
     }
     let ready = if cli.foreground {
@@ -249,7 +235,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     }
     info!("daemon started");
     for w in &config.warnings {
-        warn!("{}", warning_text(&cli.config, w));
+        warn!("{}", w.in_file(&cli.config));
     }
 
     // The daemon first: its signal handlers are in place before the pid
@@ -287,7 +273,7 @@ fn start(cli: &Cli) -> Result<(), ()> {
     pidfile.remove();
     log::logger().flush();
     match result {
-        Ok(daemon::Exit::Shutdown) => Ok(()),
+        Ok(()) => Ok(()),
         Err(e) => {
             error!("poll loop failed: {e}");
             Err(())

@@ -288,12 +288,6 @@ impl QrcKey {
     }
 }
 
-/// Check an answer the way dhisd does, knowing only N: the root must be
-/// the principal one, which the server knows because it chose X.
-pub fn check_answer(expected_x: &BigUint, answer: &Number) -> bool {
-    parse_challenge(answer.digits()) == *expected_x
-}
-
 pub fn parse_number(field: &Number) -> BigUint {
     parse_challenge(field.digits())
 }

@@ -103,12 +103,11 @@ pub enum Event {
     LowercaseAccepted { record: usize },
     /// A new session id while online (the server restarted, most likely).
     NewSession { record: usize },
-    /// Resolve the name of this server; answer with `Engine::on_resolved`.
+    /// Resolve the name of this server; answer with `Engine::handle_resolved`.
     Resolve {
         record: usize,
         server: usize,
         host: String,
-        port: u16,
     },
 }
 
@@ -536,13 +535,6 @@ impl Record {
             }
             State::Online(o) if self.silence_deadline(o) <= now => {
                 self.go_offline(now, OfflineReason::Timeout, ctx);
-                self.set_state(
-                    now,
-                    State::Poll {
-                        next: now,
-                        attempt: 0,
-                    },
-                );
                 self.poll(now, 0, ctx);
             }
             State::Online(o) if o.next_refresh <= now => self.refresh(now, ctx),
@@ -571,7 +563,6 @@ impl Record {
                 record: self.index,
                 server: i,
                 host: name.to_string(),
-                port: server.port,
             });
         }
         if let Some(dest) = server.dest() {
@@ -634,13 +625,10 @@ impl Record {
             self.echo(i, false, ctx);
         }
         let period = self.period();
-        let State::Online(o) = &mut self.state else {
-            return;
-        };
-        let dest = o.dest;
-        o.next_refresh = now.saturating_add(period);
-        o.reauth = Some(Pending { lowercase: false });
-        self.send_auth(dest, Pending { lowercase: false }, ctx);
+        if let State::Online(o) = &mut self.state {
+            o.next_refresh = now.saturating_add(period);
+        }
+        self.reauthenticate(ctx);
     }
 
     pub fn on_message(
@@ -688,10 +676,7 @@ impl Record {
                 let dest = SocketAddrV4::new(src, self.servers[server].port);
                 self.start_auth(now, server, dest, ctx);
             }
-            State::Online(o) if o.server == server => {
-                o.heard = now;
-                self.heard = Some(now);
-            }
+            State::Online(o) if o.server == server => o.heard = now,
             _ => debug!("[{id}] ignored ECHO_ACK from {src}: not waiting for it"),
         }
     }
@@ -718,7 +703,6 @@ impl Record {
                 if pending.lowercase {
                     self.accept_lowercase(ctx);
                 }
-                self.heard = Some(now);
                 let online = Online {
                     server,
                     dest,
@@ -742,7 +726,6 @@ impl Record {
                 o.address = address;
                 let new_sid = o.sid != sid;
                 o.sid = sid;
-                self.heard = Some(now);
                 if lowercase {
                     self.accept_lowercase(ctx);
                 }
@@ -852,20 +835,26 @@ impl Record {
 
         // The server tells the period it holds; dhisd holds 120 s for
         // proposals it does not accept and drops hosts slower than that.
-        let announced = Duration::from_secs(refresh.max(1).into());
+        let announced = Duration::from_secs(refresh.into());
         if refresh > 0 && self.server_period != Some(announced) {
             debug!("[{id}] server holds a refresh period of {refresh} s");
             self.server_period = Some(announced);
-            let period = self.period();
-            if let State::Online(o) = &mut self.state {
-                o.next_refresh = o.next_refresh.min(now.saturating_add(period));
-            }
+            self.refresh_within_period(now);
+        }
+    }
+
+    /// A shorter period applies at once: the next refresh comes no later
+    /// than one (new) period from now.
+    fn refresh_within_period(&mut self, now: Time) {
+        let period = self.period();
+        if let State::Online(o) = &mut self.state {
+            o.next_refresh = o.next_refresh.min(now.saturating_add(period));
         }
     }
 
     /// Leave the online state because of `reason`: OFFLINE_REQ (but not on
-    /// timeout or refusal, where the server is gone or has said no) and
-    /// the Offline event. The caller picks the next state.
+    /// a timeout: the server is gone) and the Offline event. The record is
+    /// left polling from now; callers that must wait change that.
     fn go_offline(&mut self, now: Time, reason: OfflineReason, ctx: &mut Ctx) {
         let State::Online(o) = &self.state else {
             return;
@@ -955,10 +944,7 @@ impl Record {
         self.index = index;
         self.refresh_proposal = config.refresh_proposal;
         self.period = Duration::from_secs(config.refresh_period().into());
-        let period = self.period();
-        if let State::Online(o) = &mut self.state {
-            o.next_refresh = o.next_refresh.min(now.saturating_add(period));
-        }
+        self.refresh_within_period(now);
 
         if !auth_changed {
             return;

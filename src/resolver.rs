@@ -1,7 +1,7 @@
 //! Name resolution off the poll loop: a lookup may take seconds when the
 //! network is down, and no record may wait for another's name.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, ToSocketAddrs};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -17,8 +17,9 @@ pub struct Resolver {
     waker: UnixStream,
     answers_tx: Sender<(String, Vec<Ipv4Addr>)>,
     answers: Receiver<(String, Vec<Ipv4Addr>)>,
-    /// Names being looked up, with everyone waiting for each.
-    pending: HashMap<String, Vec<Waiter>>,
+    /// Names being looked up, with everyone waiting for each (a set: ten
+    /// thousand records may wait for one name, and ask again on retries).
+    pending: HashMap<String, HashSet<Waiter>>,
 }
 
 /// The IPv4 addresses of `host`, in the resolver's order, without
@@ -58,9 +59,7 @@ impl Resolver {
     /// Ask for `host`; a lookup already running for it is shared.
     pub fn request(&mut self, host: &str, waiter: Waiter) -> io::Result<()> {
         if let Some(waiters) = self.pending.get_mut(host) {
-            if !waiters.contains(&waiter) {
-                waiters.push(waiter);
-            }
+            waiters.insert(waiter);
             return Ok(());
         }
         let tx = self.answers_tx.clone();
@@ -74,7 +73,8 @@ impl Resolver {
                     let _ = waker.write_all(&[1]);
                 }
             })?;
-        self.pending.insert(host.to_string(), vec![waiter]);
+        self.pending
+            .insert(host.to_string(), HashSet::from([waiter]));
         Ok(())
     }
 

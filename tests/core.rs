@@ -138,42 +138,17 @@ impl Sim {
     /// answer drew (the AUTH_REQ).
     fn answer_first_probe(&mut self, hostid: u32) -> Vec<Sent> {
         let sent = self.advance_to(Duration::ZERO);
-        let serial = sent[0].msg.header.serial;
-        self.receive(
-            SERVER,
-            SPORT,
-            hostid,
-            Body::EchoAck {
-                echo_serial: serial,
-            },
-        )
+        self.answer(&sent[0], hostid)
     }
 
     /// Answer a probe; returns the body of the AUTH_REQ it draws.
     fn login_request(&mut self, hostid: u32, echo: &Sent) -> Body {
-        let serial = echo.msg.header.serial;
-        let sent = self.receive(
-            SERVER,
-            SPORT,
-            hostid,
-            Body::EchoAck {
-                echo_serial: serial,
-            },
-        );
-        sent[0].msg.body
+        self.answer(echo, hostid)[0].msg.body
     }
 
     /// Log record `hostid` in with a password: ECHO_ACK, then AUTH_ACK.
     fn login(&mut self, hostid: u32, sid: u32, echo: &Sent) -> Vec<Sent> {
-        let serial = echo.msg.header.serial;
-        let sent = self.receive(
-            SERVER,
-            SPORT,
-            hostid,
-            Body::EchoAck {
-                echo_serial: serial,
-            },
-        );
+        let sent = self.answer(echo, hostid);
         assert_eq!(sent.len(), 1);
         assert_eq!(sent[0].msg.body.opcode(), wire::AUTH_REQ);
         let address = Ipv4Addr::new(192, 0, 2, 7);
