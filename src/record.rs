@@ -616,17 +616,22 @@ impl Record {
         ctx.send(dest, self.hostid, body);
     }
 
-    /// Keep-alive while online: ECHO_REQ to every server (dhisd counts it
-    /// as presence) and a fresh authentication with the selected one, so
-    /// that a server that forgot us (restart) or sees a new address learns
-    /// it within a period.
+    /// Keep-alive while online: a fresh authentication with the selected
+    /// server, so that a server that forgot us (restart) or sees a new
+    /// address learns it within a period, and ECHO_REQ to the other servers.
+    /// The selected one gets no ECHO_REQ: dhisd counts the AUTH_REQ as
+    /// presence just as it counts an ECHO_REQ, and a second request would
+    /// cost a second answer, one more wake-up a period.
     fn refresh(&mut self, now: Time, ctx: &mut Ctx) {
-        for i in 0..self.servers.len() {
-            self.echo(i, false, ctx);
-        }
         let period = self.period();
-        if let State::Online(o) = &mut self.state {
-            o.next_refresh = now.saturating_add(period);
+        let State::Online(o) = &mut self.state else {
+            return;
+        };
+        o.next_refresh = now.saturating_add(period);
+        let selected = o.server;
+
+        for i in (0..self.servers.len()).filter(|&i| i != selected) {
+            self.echo(i, false, ctx);
         }
         self.reauthenticate(ctx);
     }

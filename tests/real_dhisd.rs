@@ -214,7 +214,7 @@ fn keepalives_log_nothing() {
     assert!(dhid.wait_line("[9000] -> Online", SHORT).is_some());
     assert!(dhid.wait_line("[9001] -> Online", SHORT).is_some());
     let before = dhid.lines();
-    // Two refresh periods: two ECHO_REQ/AUTH_REQ rounds.
+    // Two refresh periods: two logins, the only keep-alive the server gets.
     std::thread::sleep(Duration::from_secs(125));
     assert!(dhisd.online(9000) && dhisd.online(9001), "{}", dhisd.log());
     assert_eq!(dhisd.count_log("-> offline"), 0, "{}", dhisd.log());
