@@ -111,7 +111,13 @@ fn check(path: &Path) -> ExitCode {
                 1 => "password of 1 character".to_string(),
                 n => format!("password of {n} characters"),
             },
-            Auth::Qrc(_) => "QRC".to_string(),
+            Auth::Qrc(key) => {
+                if let Err(e) = key.full_check() {
+                    eprintln!("dhid: {}:{}: {e}", path.display(), r.line);
+                    return ExitCode::FAILURE;
+                }
+                "QRC".to_string()
+            }
         };
         println!("HostID {}: {auth}, servers {}", r.hostid, servers.join(" "));
     }
