@@ -134,14 +134,15 @@ impl Sink {
     fn write(&mut self, level: Level, text: &str) {
         match self {
             Sink::Stderr { timestamps } => {
-                let mut err = std::io::stderr().lock();
                 let tag = match level {
                     Level::Error => "error: ",
                     Level::Warn => "warning: ",
                     _ => "",
                 };
-                let _ = if *timestamps {
-                    writeln!(err, "{} dhid: {tag}{text}", stamp())
+                // One write per line: stderr is unbuffered, and a line in
+                // pieces could interleave with another writer's.
+                let line = if *timestamps {
+                    format!("{} dhid: {tag}{text}\n", stamp())
                 } else {
                     // The journal stamps and names each line itself, and
                     // reads the priority from a "<N>" prefix.
@@ -151,8 +152,9 @@ impl Sink {
                         Level::Info => 6,
                         Level::Debug | Level::Trace => 7,
                     };
-                    writeln!(err, "<{priority}>{tag}{text}")
+                    format!("<{priority}>{tag}{text}\n")
                 };
+                let _ = std::io::stderr().write_all(line.as_bytes());
             }
             Sink::Syslog(logger) => {
                 // syslogd may have restarted; reconnect once and retry.

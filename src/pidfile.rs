@@ -89,13 +89,11 @@ impl std::fmt::Display for Previous {
 }
 
 fn previous(file: &mut File) -> Option<Previous> {
-    let mut text = String::new();
-    file.rewind().ok()?;
-    file.read_to_string(&mut text).ok()?;
+    let text = read_text(file)?;
     if text.trim().is_empty() {
         return None;
     }
-    let Some(pid) = read_pid(file) else {
+    let Some(pid) = parse_pid(&text) else {
         return Some(Previous::Garbage);
     };
     if pid == std::process::id() as i32 {
@@ -110,8 +108,16 @@ fn previous(file: &mut File) -> Option<Previous> {
 }
 
 fn read_pid(file: &mut File) -> Option<i32> {
+    parse_pid(&read_text(file)?)
+}
+
+fn read_text(file: &mut File) -> Option<String> {
     let mut text = String::new();
     file.rewind().ok()?;
     file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+fn parse_pid(text: &str) -> Option<i32> {
     text.trim().parse().ok().filter(|&p: &i32| p > 0)
 }
