@@ -750,7 +750,8 @@ impl Parser<'_> {
     fn refresh(&mut self, n: usize, value: &str) -> Option<u32> {
         let Some(seconds) = decimal_u32(value) else {
             let message = format!(
-                "Refresh must be a decimal number of seconds from 0 to {}, found {}",
+                "Refresh must be a decimal number of seconds, at most {} \
+                 ({MIN_REFRESH} to {MAX_SERVER_REFRESH} is what dhisd honours), found {}",
                 u32::MAX,
                 quoted(value)
             );
@@ -1358,6 +1359,7 @@ mod tests {
         ] {
             let m = one_error(&record(&format!("Refresh {value}\n")), 5, "Refresh must be");
             assert!(m.contains(&format!("{value:?}")), "{m}");
+            assert!(m.contains("60 to 21600 is what dhisd honours"), "{m}");
         }
         one_error(&record("Refresh\n"), 5, "Refresh needs a value");
         one_error(
