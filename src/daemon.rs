@@ -95,8 +95,9 @@ pub struct Daemon {
     config_path: PathBuf,
     hooks: Hooks,
     shutdown_by: Option<Time>,
-    /// When to drop start-up code pages: once things have settled, so
-    /// that the first logins do not fault them back in one by one.
+    /// When to give back the configuration's heap and drop start-up code
+    /// pages: once things have settled, off the way to the first logins,
+    /// which would otherwise fault the pages back in one by one.
     trim_at: Option<Time>,
     /// The deadline the timer is set to, so that a wake-up that changes no
     /// deadline costs no system call to set it again.
@@ -166,9 +167,15 @@ impl Daemon {
                 }
             }
             self.engine.handle_timeout(woke);
-            self.hooks.check(woke);
+            // Exited hooks are reaped on SIGCHLD; here only the overdue
+            // ones, so that a wake-up for a datagram costs no waitpid per
+            // running hook.
+            if self.hooks.next_deadline().is_some_and(|d| d <= woke) {
+                self.hooks.check(woke);
+            }
             if self.trim_at.is_some_and(|at| at <= woke) {
                 self.trim_at = None;
+                crate::memory::trim_heap();
                 crate::memory::trim_code_pages();
             }
         }

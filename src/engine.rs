@@ -86,7 +86,10 @@ impl Engine {
         let kept: Vec<Option<usize>> = new
             .iter()
             .map(|c| {
-                let i = (0..old.len()).find(|&i| !taken[i] && old[i].same_as(c))?;
+                let (_, i) = *self
+                    .with_hostid(c.hostid)
+                    .iter()
+                    .find(|&&(_, i)| !taken[i] && old[i].same_as(c))?;
                 taken[i] = true;
                 Some(i)
             })
@@ -225,12 +228,8 @@ impl Engine {
             }
         };
         let h = msg.header;
-        let first = self.by_hostid.partition_point(|&(id, _)| id < h.hostid);
-        let same = self.by_hostid[first..]
-            .iter()
-            .take_while(|&&(id, _)| id == h.hostid);
-        let mut same = same.map(|&(_, i)| i).peekable();
-        if same.peek().is_none() {
+        let same = self.with_hostid(h.hostid);
+        if same.is_empty() {
             debug!(
                 "dropped {} from {src}: unknown HostID {}",
                 msg.body.name(),
@@ -239,7 +238,9 @@ impl Engine {
             return;
         }
         let records = &self.records;
-        let found = same.find_map(|i| records[i].match_server(src, h.rport).map(|s| (i, s)));
+        let found = same
+            .iter()
+            .find_map(|&(_, i)| records[i].match_server(src, h.rport).map(|s| (i, s)));
         let Some((i, server)) = found else {
             debug!(
                 "[{}] dropped {} from {src} rport {}: not one of the record's servers",
@@ -251,6 +252,13 @@ impl Engine {
         };
         self.records[i].on_message(now, server, src, &msg, &mut self.ctx);
         self.reschedule(i);
+    }
+
+    /// The entries of the records with `hostid`, in table order.
+    fn with_hostid(&self, hostid: u32) -> &[(u32, usize)] {
+        let first = self.by_hostid.partition_point(|&(id, _)| id < hostid);
+        let len = self.by_hostid[first..].partition_point(|&(id, _)| id == hostid);
+        &self.by_hostid[first..first + len]
     }
 
     pub fn handle_resolved(&mut self, record: usize, server: usize, addrs: Vec<Ipv4Addr>) {

@@ -225,20 +225,17 @@ fn start(cli: &Cli) -> Result<(), ()> {
         );
     })?;
 
-    if !cli.foreground {
+    let ready = if cli.foreground {
+        None
+    } else {
         // Shown once where the administrator started dhid, then logged.
         for w in &config.warnings {
             eprintln!("dhid: warning: {}", w.in_file(&cli.config));
         }
-    }
-    let ready = if cli.foreground {
-        None
-    } else {
-        Some(detach()?)
-    };
-    if !cli.foreground {
+        let ready = detach()?;
         logging::reopen_syslog();
-    }
+        Some(ready)
+    };
     info!("daemon started");
     for w in &config.warnings {
         warn!("{}", w.in_file(&cli.config));
@@ -273,7 +270,6 @@ fn start(cli: &Cli) -> Result<(), ()> {
     };
     report(ready, Ok(()));
     dhid::notify::ready();
-    dhid::memory::trim_heap();
 
     let result = daemon.run();
     pidfile.remove();

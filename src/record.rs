@@ -478,16 +478,25 @@ impl Record {
             .saturating_add(self.period().saturating_mul(self.silent_periods))
     }
 
-    pub fn status(&self) -> Status {
-        let (state, server, address, next) = match &self.state {
+    /// The state as USR1 names it.
+    fn state_name(&self) -> &'static str {
+        match &self.state {
             // Attempt 0 is a wait: after USR2, a refusal, or before start.
-            State::Poll { next, attempt: 0 } => ("waiting", None, None, *next),
-            State::Poll { next, .. } => ("polling", None, None, *next),
-            State::Auth { dest, deadline, .. } => ("authenticating", Some(*dest), None, *deadline),
-            State::Online(o) => ("online", Some(o.dest), Some(o.address), o.next_refresh),
+            State::Poll { attempt: 0, .. } => "waiting",
+            State::Poll { .. } => "polling",
+            State::Auth { .. } => "authenticating",
+            State::Online(_) => "online",
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let (server, address, next) = match &self.state {
+            State::Poll { next, .. } => (None, None, *next),
+            State::Auth { dest, deadline, .. } => (Some(*dest), None, *deadline),
+            State::Online(o) => (Some(o.dest), Some(o.address), o.next_refresh),
         };
         Status {
-            state,
+            state: self.state_name(),
             server,
             address,
             since: self.since,
@@ -498,9 +507,9 @@ impl Record {
     }
 
     fn set_state(&mut self, now: Time, state: State) {
-        let before = self.status().state;
+        let before = self.state_name();
         self.state = state;
-        if before != self.status().state {
+        if before != self.state_name() {
             self.since = now;
         }
     }

@@ -1202,6 +1202,20 @@ mod tests {
             self.recv(WAIT).expect("an answer to AUTH_REQ").0
         }
 
+        /// A QRC login's first step: AUTH_REQ without a password, and the
+        /// AUTH_SY challenge it brings.
+        fn challenge(&mut self, hostid: u32) -> Number {
+            let body = Body::AuthReq {
+                password: Password::EMPTY,
+                refresh: 60,
+            };
+            self.send(hostid, body);
+            let Body::AuthSy(challenge) = self.expect(AUTH_SY).body else {
+                unreachable!()
+            };
+            challenge
+        }
+
         fn login(&mut self, hostid: u32, password: &str, refresh: u32) -> u32 {
             match self.auth(hostid, password, refresh).body {
                 Body::AuthAck { sid, .. } => sid,
@@ -1386,16 +1400,7 @@ mod tests {
         let server = start(Config::default().qrc(2011, key.modulus().clone()));
         let mut client = Client::new(&server);
 
-        client.send(
-            2011,
-            Body::AuthReq {
-                password: Password::EMPTY,
-                refresh: 60,
-            },
-        );
-        let Body::AuthSy(challenge) = client.expect(AUTH_SY).body else {
-            unreachable!()
-        };
+        let challenge = client.challenge(2011);
         assert_eq!(
             challenge.digits().len(),
             NUMBER_LEN,
@@ -1415,16 +1420,7 @@ mod tests {
         let server = start(Config::default().qrc(2011, n.clone()));
         let mut client = Client::new(&server);
 
-        client.send(
-            2011,
-            Body::AuthReq {
-                password: Password::EMPTY,
-                refresh: 60,
-            },
-        );
-        let Body::AuthSy(challenge) = client.expect(AUTH_SY).body else {
-            unreachable!()
-        };
+        let challenge = client.challenge(2011);
         let x = qrc::parse_number(&key.answer(&challenge));
         let y = qrc::parse_number(&challenge);
         assert!(qrc::is_residue(&x, key.p()) && qrc::is_residue(&x, key.q()));

@@ -224,11 +224,11 @@ fn dhisd_drop_ends_its_processes_and_files() {
     let tag = dir.display().to_string();
     // dhisd and its log engine.
     assert!(wait_until(WAIT, Duration::from_millis(20), || {
-        common::procs::tagged_pids(&tag).len() >= 2
+        common::procs::MARK.pids(&tag).len() >= 2
     }));
     drop(srv);
-    assert!(!common::procs::is_alive(pid) || !common::procs::has_tag(pid, &tag));
-    assert!(common::procs::tagged_pids(&tag).is_empty());
+    assert!(!common::procs::is_alive(pid) || !common::procs::MARK.on(pid, &tag));
+    assert!(common::procs::MARK.pids(&tag).is_empty());
     assert!(!dir.exists());
 }
 
@@ -350,5 +350,5 @@ fn captured_process_lines_signals_and_exit() {
         "no signal after reaping"
     );
     drop(p);
-    assert!(common::procs::tagged_pids(&tag).is_empty());
+    assert!(common::procs::MARK.pids(&tag).is_empty());
 }

@@ -128,7 +128,7 @@ impl Capture {
         };
         let pid = child.id() as i32;
         // SIGINT: tcpdump flushes the file and prints its counts.
-        procs::signal(pid, &self.tag, Signal::SIGINT);
+        procs::MARK.signal(pid, &self.tag, Signal::SIGINT);
         let exited = procs::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
             matches!(child.try_wait(), Ok(Some(_)))
         });

@@ -14,6 +14,8 @@
 //! is the median of several runs; the raw samples follow the table.
 
 mod capture;
+#[path = "../../tests/common/pids.rs"]
+mod pids;
 mod procs;
 mod programs;
 
@@ -964,7 +966,7 @@ impl Strace {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGINT: strace detaches and writes out what it has.
-            procs::signal(child.id() as i32, &self.tag, Signal::SIGINT);
+            procs::MARK.signal(child.id() as i32, &self.tag, Signal::SIGINT);
             let done = procs::wait_until(Duration::from_secs(5), Duration::from_millis(10), || {
                 matches!(child.try_wait(), Ok(Some(_)))
             });

@@ -6,103 +6,30 @@
 //! shows the tag, which also guards against a reused pid. scripts/bench
 //! sweeps the same tag when the driver dies.
 
-use std::collections::HashSet;
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use crate::pids::Mark;
+pub use crate::pids::{free_udp_port, is_alive, wait_until};
 
 pub const TAG_VAR: &str = "DHID_BENCH_TAG";
 
-/// A packaged dhisd may listen there; nothing of ours ever uses it.
-pub const FORBIDDEN_PORT: u16 = 58800;
-
-/// Calls `cond` every `poll` until it is true or `timeout` has passed;
-/// returns its last answer. Bounded in time and in the number of calls.
-pub fn wait_until(timeout: Duration, poll: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let poll = poll.max(Duration::from_millis(1));
-    let deadline = Instant::now() + timeout;
-    let max_calls = (timeout.as_millis() / poll.as_millis()).saturating_add(2);
-    for _ in 0..max_calls {
-        if cond() {
-            return true;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        std::thread::sleep(poll.min(deadline - now));
-    }
-    cond()
-}
-
-/// True while `pid` exists and is not a zombie (a detached daemon's zombie
-/// may linger under an init that does not reap).
-pub fn is_alive(pid: i32) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next())
-        .unwrap_or("X");
-    !matches!(state, "Z" | "X" | "x")
-}
-
-pub fn has_tag(pid: i32, tag: &str) -> bool {
-    let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let want = format!("{TAG_VAR}={tag}");
-    env.split(|&b| b == 0).any(|kv| kv == want.as_bytes())
-}
-
-/// Sends `sig` to `pid` if it is alive and ours; true if sent.
-pub fn signal(pid: i32, tag: &str, sig: Signal) -> bool {
-    is_alive(pid) && has_tag(pid, tag) && kill(Pid::from_raw(pid), sig).is_ok()
-}
-
-/// SIGTERM, then SIGKILL after `grace`; true when it is gone.
-pub fn end(pid: i32, tag: &str, grace: Duration) -> bool {
-    if !signal(pid, tag, Signal::SIGTERM) {
-        return !is_alive(pid) || !has_tag(pid, tag);
-    }
-    let poll = Duration::from_millis(5);
-    if wait_until(grace, poll, || !is_alive(pid)) {
-        return true;
-    }
-    signal(pid, tag, Signal::SIGKILL);
-    wait_until(Duration::from_secs(2), poll, || !is_alive(pid))
-}
-
-/// Live processes carrying `tag`, other than this one.
-pub fn tagged_pids(tag: &str) -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me && has_tag(pid, tag) && is_alive(pid))
-        .collect()
-}
+pub const MARK: Mark = Mark(TAG_VAR);
 
 /// Ends every process still carrying `tag`; returns the ones left.
 pub fn sweep(tag: &str) -> Vec<i32> {
     // Bounded: a dying parent may just have forked.
     for _ in 0..3 {
-        let pids = tagged_pids(tag);
+        let pids = MARK.pids(tag);
         if pids.is_empty() {
             break;
         }
         for pid in pids {
-            end(pid, tag, Duration::from_secs(1));
+            MARK.end(pid, tag, Duration::from_secs(1));
         }
     }
-    tagged_pids(tag)
+    MARK.pids(tag)
 }
 
 /// The parent pid of `pid`, from /proc/PID/stat.
@@ -110,30 +37,6 @@ pub fn parent(pid: i32) -> Option<i32> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(1)?.parse().ok()
-}
-
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A UDP port the OS calls free on 127.0.0.1 and on the wildcard address
-/// (dhisd and both dhids bind 0.0.0.0), never 58800, never handed out
-/// before by this process.
-pub fn free_udp_port() -> Result<u16, String> {
-    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed = guard.get_or_insert_with(HashSet::new);
-    for _ in 0..500 {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| e.to_string())?;
-        let port = socket.local_addr().map_err(|e| e.to_string())?.port();
-        drop(socket);
-        if port == FORBIDDEN_PORT || handed.contains(&port) {
-            continue;
-        }
-        if UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port)).is_err() {
-            continue;
-        }
-        handed.insert(port);
-        return Ok(port);
-    }
-    Err("no free UDP port after 500 attempts".into())
 }
 
 /// Resident memory of one process, in KiB.

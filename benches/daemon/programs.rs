@@ -187,7 +187,7 @@ impl Running {
             pid = fs::read_to_string(&pidfile)
                 .ok()
                 .and_then(|s| s.trim().parse::<i32>().ok())
-                .filter(|&p| procs::is_alive(p) && procs::has_tag(p, tag));
+                .filter(|&p| procs::is_alive(p) && procs::MARK.on(p, tag));
             pid.is_some()
         });
         running.pid = pid.ok_or("the C dhid wrote no pid file of a live process")?;
@@ -195,7 +195,7 @@ impl Running {
     }
 
     pub fn signal(&self, sig: Signal) -> Result<(), String> {
-        if procs::signal(self.pid, &self.tag, sig) {
+        if procs::MARK.signal(self.pid, &self.tag, sig) {
             Ok(())
         } else {
             Err(format!(
@@ -221,7 +221,7 @@ impl Running {
     /// SIGTERM, SIGKILL after 5 s (ours sends its OFFLINE_REQ copies for
     /// 600 ms first).
     pub fn stop(&mut self) {
-        procs::end(self.pid, &self.tag, Duration::from_secs(5));
+        procs::MARK.end(self.pid, &self.tag, Duration::from_secs(5));
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -333,15 +333,16 @@ impl Dhisd {
         let pid = std::mem::take(&mut self.pid);
         // Its log engine is its child; after a SIGKILL of dhisd it would
         // spin on EOF, so end what is left of it by pid.
-        let engines: Vec<i32> = procs::tagged_pids(&self.tag)
+        let engines: Vec<i32> = procs::MARK
+            .pids(&self.tag)
             .into_iter()
             .filter(|&p| procs::parent(p) == Some(pid))
             .collect();
-        procs::end(pid, &self.tag, Duration::from_secs(5));
+        procs::MARK.end(pid, &self.tag, Duration::from_secs(5));
         for engine in engines {
             let gone = procs::wait_until(Duration::from_secs(1), POLL, || !procs::is_alive(engine));
             if !gone {
-                procs::end(engine, &self.tag, Duration::from_secs(1));
+                procs::MARK.end(engine, &self.tag, Duration::from_secs(1));
             }
         }
     }

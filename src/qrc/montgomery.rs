@@ -17,6 +17,7 @@ use num_bigint::BigUint;
 
 /// An odd modulus above 1 with its Montgomery constants, R = 2^(64·n).
 pub struct Modulus {
+    big: BigUint,
     m: Vec<u64>,
     /// −m⁻¹ mod 2^64.
     m_inv: u64,
@@ -44,6 +45,7 @@ impl Modulus {
         let r2 = (BigUint::from(1u32) << (128 * n)) % m;
 
         Some(Modulus {
+            big: m.clone(),
             m: limbs,
             m_inv: inv.wrapping_neg(),
             r2: padded(&r2, n),
@@ -58,7 +60,7 @@ impl Modulus {
         one[0] = 1;
 
         // table[i] = base^i in Montgomery form; table[0] is R mod m.
-        let base = padded(&(base % self.modulus()), n);
+        let base = padded(&(base % &self.big), n);
         let mut table = vec![0u64; n << WINDOW];
         let mut x = vec![0u64; n];
         self.mul(&one, &self.r2, &mut x, &mut scratch);
@@ -96,10 +98,6 @@ impl Modulus {
         // Out of Montgomery form: multiply by 1.
         self.mul(&acc, &one, &mut tmp, &mut scratch);
         BigUint::from_slice(&to_u32(&tmp))
-    }
-
-    fn modulus(&self) -> BigUint {
-        BigUint::from_slice(&to_u32(&self.m))
     }
 
     /// out = a·b·R⁻¹ mod m for a, b < m, multiplying and reducing in the

@@ -153,7 +153,7 @@ impl Dhisd {
     /// True while the dhisd process is alive.
     pub fn is_running(&self) -> bool {
         self.pid
-            .is_some_and(|p| procs::is_alive(p) && procs::has_tag(p, &self.tag))
+            .is_some_and(|p| procs::is_alive(p) && procs::MARK.on(p, &self.tag))
     }
 
     /// The whole log file, every run since [`Dhisd::start`].
@@ -244,7 +244,7 @@ impl Dhisd {
     pub fn signal(&self, sig: Signal) {
         let pid = self.pid();
         assert!(
-            procs::signal_tagged(pid, &self.tag, sig),
+            procs::MARK.signal(pid, &self.tag, sig),
             "cannot send {sig} to dhisd {pid}"
         );
     }
@@ -273,7 +273,7 @@ impl Dhisd {
     /// instance (its log engine). Does nothing when already stopped.
     pub fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
-            if !procs::end_pid(pid, &self.tag, STOP_TIMEOUT) {
+            if !procs::MARK.end(pid, &self.tag, STOP_TIMEOUT) {
                 eprintln!("warning: dhisd {pid} still alive after SIGKILL");
             }
         }
@@ -355,7 +355,7 @@ impl Dhisd {
                 return Ok(pid);
             }
         }
-        if procs::tagged_pids(&self.tag).is_empty() {
+        if procs::MARK.pids(&self.tag).is_empty() {
             // Port taken, bad DB, no service line: dhisd exits silently.
             return Err("dhisd exited at once (port in use?)".to_string());
         }

@@ -21,13 +21,9 @@ pub mod conf;
 pub mod dhid;
 pub mod dhisd;
 pub mod hookprobe;
+pub mod pids;
 pub mod procs;
 pub mod tmp;
-
-use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 // Each test file uses a part of these.
 #[allow(unused_imports)]
@@ -39,65 +35,17 @@ pub use dhisd::{DbHost, Dhisd, dhisd_available};
 #[allow(unused_imports)]
 pub use hookprobe::{HookCall, HookProbe};
 #[allow(unused_imports)]
+pub use pids::{FORBIDDEN_PORT, wait_until};
+#[allow(unused_imports)]
 pub use tmp::TempDir;
-
-/// The port an installed dhisd may hold; no test may touch it.
-pub const FORBIDDEN_PORT: u16 = 58800;
 
 /// Set to `1` to let real-dhisd tests return early when dhisd is missing.
 pub const SKIP_ENV: &str = "DHID_SKIP_REAL_DHISD";
 
-/// Ports already handed out by this process.
-static HANDED_OUT: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-
-/// A UDP port on 127.0.0.1 chosen by the OS, free at the time of the call,
-/// never [`FORBIDDEN_PORT`] and never handed out before by this process.
-///
-/// The port is also checked free on the wildcard address, since both
-/// dhisd and dhid bind `0.0.0.0`.
+/// A free UDP port for a test (see [`pids::free_udp_port`]); panics when
+/// there is none.
 pub fn free_udp_port() -> u16 {
-    const ATTEMPTS: usize = 500;
-    let mut guard = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-    let handed = guard.get_or_insert_with(HashSet::new);
-    for _ in 0..ATTEMPTS {
-        let port = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
-            Ok(s) => match s.local_addr() {
-                Ok(a) => a.port(),
-                Err(_) => continue,
-            },
-            Err(e) => panic!("free_udp_port: cannot bind 127.0.0.1:0: {e}"),
-        };
-        if port == FORBIDDEN_PORT || handed.contains(&port) {
-            continue;
-        }
-        let wildcard = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-        if UdpSocket::bind(wildcard).is_err() {
-            continue;
-        }
-        handed.insert(port);
-        return port;
-    }
-    panic!("free_udp_port: no new free port after {ATTEMPTS} attempts");
-}
-
-/// Calls `cond` every `poll` until it returns true or `timeout` has passed;
-/// returns its last answer. Bounded in time and in the number of calls.
-pub fn wait_until(timeout: Duration, poll: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let poll = poll.max(Duration::from_millis(1));
-    let deadline = Instant::now() + timeout;
-    let max_calls = (timeout.as_millis() / poll.as_millis()).saturating_add(2);
-    let mut calls = 0u128;
-    loop {
-        if cond() {
-            return true;
-        }
-        calls += 1;
-        let now = Instant::now();
-        if now >= deadline || calls >= max_calls {
-            return false;
-        }
-        std::thread::sleep(poll.min(deadline - now));
-    }
+    pids::free_udp_port().unwrap_or_else(|e| panic!("free_udp_port: {e}"))
 }
 
 /// The decision behind [`require_dhisd!`]: true when the real dhisd can be
