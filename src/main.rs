@@ -5,66 +5,31 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::Parser;
 use log::{error, info, warn};
 
+use dhid::cli::{self, Options};
 use dhid::config::{self, Auth};
 use dhid::daemon::{self, Daemon};
 use dhid::pidfile::PidFile;
 use dhid::{logging, qrc};
 
-/// DHIS R5 client: keeps this host's dynamic address registered with a
-/// DHIS server.
-#[derive(Parser, Debug)]
-#[command(name = "dhid", version, disable_version_flag = true)]
-struct Cli {
-    /// Configuration file
-    #[arg(short = 'f', value_name = "FILE", default_value = "/etc/dhid.conf")]
-    config: PathBuf,
-
-    /// UDP port to listen on and send from (the server answers to it)
-    #[arg(short = 'p', value_name = "PORT", default_value_t = config::DEFAULT_PORT,
-          allow_hyphen_values = true, value_parser = clap::value_parser!(u16).range(1..))]
-    port: u16,
-
-    /// Pid file
-    #[arg(short = 'P', value_name = "FILE", default_value = "/var/run/dhid.pid")]
-    pidfile: PathBuf,
-
-    /// Stay in the foreground and log to stderr
-    #[arg(short = 'F', long = "foreground")]
-    foreground: bool,
-
-    /// Debug log lines; twice: every datagram too
-    #[arg(short = 'v', action = clap::ArgAction::Count)]
-    verbose: u8,
-
-    /// Check the configuration file and exit
-    #[arg(short = 't', long = "check")]
-    check: bool,
-
-    /// Print a new QRC key pair for dhid.conf and the server's dhis.db
-    #[arg(long = "genkeys")]
-    genkeys: bool,
-
-    /// Print the version
-    #[arg(short = 'V', long = "version")]
-    version: bool,
-}
-
 /// Exit status for a bad command line, as getopt-style tools use.
 const USAGE: u8 = 2;
 
 fn main() -> ExitCode {
-    // The old manual page documented -l for the config file; say what
-    // replaced it instead of clap's generic complaint.
-    if std::env::args().skip(1).any(|a| a.starts_with("-l")) {
-        eprintln!("dhid: -l is not an option; give the configuration file with -f FILE");
-        eprintln!("Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]");
-        return ExitCode::from(USAGE);
-    }
-    let cli = Cli::parse();
+    let cli = match cli::parse(std::env::args_os().skip(1)) {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("dhid: {e}");
+            eprintln!("{}", cli::USAGE);
+            return ExitCode::from(USAGE);
+        }
+    };
 
+    if cli.help {
+        print!("{}", cli::help());
+        return ExitCode::SUCCESS;
+    }
     if cli.version {
         println!("dhid {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
@@ -158,7 +123,7 @@ fn genkeys() -> ExitCode {
 
 /// A fatal start-up error: to the log, and to stderr too when the log is
 /// syslog, so that whoever started dhid sees it.
-fn fatal(cli: &Cli, msg: &str) {
+fn fatal(cli: &Options, msg: &str) {
     if !cli.foreground {
         eprintln!("dhid: {msg}");
     }
@@ -193,12 +158,12 @@ fn shed_inherited_fds(detaching: bool) {
     }
 }
 
-fn start(cli: &Cli) -> Result<(), ()> {
+fn start(cli: &Options) -> Result<(), ()> {
     shed_inherited_fds(!cli.foreground);
-    let cli = &Cli {
+    let cli = &Options {
         config: absolute(&cli.config),
         pidfile: absolute(&cli.pidfile),
-        ..*cli
+        ..cli.clone()
     };
     let level = logging::level_for(cli.verbose);
     if cli.foreground {

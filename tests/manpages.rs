@@ -34,7 +34,7 @@ fn flags_in(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The flags in the "Options:" part of clap's help. An option line is
+/// The flags in the "Options:" part of `dhid -h`. An option line is
 /// indented a little; its flags end where two blanks start the
 /// description. Lines indented further are wrapped descriptions.
 fn help_flags(help: &str) -> BTreeSet<String> {
