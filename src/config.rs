@@ -124,6 +124,31 @@ impl Warning {
 pub struct Config {
     pub records: Vec<RecordConfig>,
     pub warnings: Vec<Warning>,
+    /// QRC keys `load_deferring_key_checks` left to `check_keys`, each
+    /// with the line of its AuthP.
+    unchecked_keys: Vec<(usize, QrcKey)>,
+}
+
+impl Config {
+    /// The primality test `load_deferring_key_checks` left out; `file`
+    /// names the file in the errors.
+    pub fn check_keys(&mut self, file: &str) -> Result<(), Vec<ConfigError>> {
+        let errors: Vec<ConfigError> = std::mem::take(&mut self.unchecked_keys)
+            .into_iter()
+            .filter_map(|(line, key)| {
+                key.check().err().map(|e| ConfigError {
+                    file: file.to_string(),
+                    line,
+                    message: e.to_string(),
+                })
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
 }
 
 /// A load error: the file, the line and what was expected there.
@@ -163,6 +188,17 @@ const RECORD_EXAMPLE: &str = "\n    {\n        HostID 1000\n        HostPass sec
 
 /// Read and parse a dhid.conf. Adds a warning when "other" may read it.
 pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+    read(path, false)
+}
+
+/// `load`, but the QRC keys' primality test (about 0.1 ms a key) is left
+/// to `Config::check_keys`, so that dhid can start its first logins
+/// first. A file with other errors reports those only.
+pub fn load_deferring_key_checks(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
+    read(path, true)
+}
+
+fn read(path: &std::path::Path, defer_key_checks: bool) -> Result<Config, Vec<ConfigError>> {
     use std::io::Read;
     use std::os::unix::fs::PermissionsExt;
 
@@ -189,7 +225,7 @@ pub fn load(path: &std::path::Path) -> Result<Config, Vec<ConfigError>> {
             "file is larger than {MAX_FILE_LEN} bytes; is it really dhid.conf?"
         )));
     }
-    let mut config = parse(&name, &text)?;
+    let mut config = parse_text(&name, &text, defer_key_checks)?;
     if mode & 0o004 != 0 {
         config.warnings.insert(
             0,
@@ -220,6 +256,10 @@ fn readable_message(mode: u32) -> String {
 /// Parse the text of a dhid.conf; `file` only names it in messages.
 /// Every error found is returned, in line order.
 pub fn parse(file: &str, text: &[u8]) -> Result<Config, Vec<ConfigError>> {
+    parse_text(file, text, false)
+}
+
+fn parse_text(file: &str, text: &[u8], defer_key_checks: bool) -> Result<Config, Vec<ConfigError>> {
     if let Some(line) = old_format_line(text) {
         return Err(vec![ConfigError {
             file: file.to_string(),
@@ -239,6 +279,8 @@ pub fn parse(file: &str, text: &[u8]) -> Result<Config, Vec<ConfigError>> {
         records: Vec::with_capacity(opening),
         open: None,
         saw_record: false,
+        defer_key_checks,
+        unchecked_keys: Vec::new(),
     };
     for (index, raw) in text.split(|&b| b == b'\n').enumerate() {
         parser.line(index + 1, raw);
@@ -447,6 +489,8 @@ struct Parser<'a> {
     records: Vec<RecordConfig>,
     open: Option<Draft>,
     saw_record: bool,
+    defer_key_checks: bool,
+    unchecked_keys: Vec<(usize, QrcKey)>,
 }
 
 impl Parser<'_> {
@@ -895,7 +939,15 @@ impl Parser<'_> {
             self.error(line, message);
             return None;
         }
-        match QrcKey::from_decimal(p, q) {
+        let key = QrcKey::unchecked_decimal(p, q).and_then(|key| {
+            if self.defer_key_checks {
+                self.unchecked_keys.push((line, key.clone()));
+            } else {
+                key.check()?;
+            }
+            Ok(key)
+        });
+        match key {
             Ok(key) => {
                 let digits = p_len + q_len;
                 if digits < WEAK_KEY_DIGITS {
@@ -933,6 +985,7 @@ impl Parser<'_> {
         Ok(Config {
             records: self.records,
             warnings: self.warnings,
+            unchecked_keys: self.unchecked_keys,
         })
     }
 

@@ -177,7 +177,7 @@ fn start(cli: &Options) -> Result<(), ()> {
 
     // Everything that can fail for a reason the administrator must fix
     // happens before detaching, so the exit status tells.
-    let config = config::load(&cli.config).map_err(|errors| {
+    let mut config = config::load_deferring_key_checks(&cli.config).map_err(|errors| {
         for e in &errors {
             fatal(cli, &e.to_string());
         }
@@ -208,7 +208,8 @@ fn start(cli: &Options) -> Result<(), ()> {
 
     // The daemon first: its signal handlers are in place before the pid
     // file names it, so a TERM sent at once is an orderly one.
-    let mut daemon = match Daemon::new(socket, config.records, cli.config.clone(), cli.port) {
+    let records = std::mem::take(&mut config.records);
+    let mut daemon = match Daemon::new(socket, records, cli.config.clone(), cli.port) {
         Ok(d) => d,
         Err(e) => {
             let msg = format!("cannot start: {e}");
@@ -217,6 +218,21 @@ fn start(cli: &Options) -> Result<(), ()> {
             return Err(());
         }
     };
+
+    // The first ECHO_REQs leave now; the keys' primality test and the pid
+    // file are done while the answers travel. A key that fails it stops
+    // dhid before any login, as a load error would. So does a pid file
+    // locked by another dhid, which has then seen an ECHO_REQ or two from
+    // this one go out: harmless, a server changes nothing for them.
+    daemon.begin();
+    if let Err(errors) = config.check_keys(&cli.config.display().to_string()) {
+        for e in &errors {
+            error!("{e}");
+        }
+        let all: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+        report(ready, Err(all.join("\n")));
+        return Err(());
+    }
     let pidfile = match PidFile::create(&cli.pidfile) {
         Ok((pidfile, stale)) => {
             if let Some(previous) = stale {
@@ -297,8 +313,9 @@ fn detach() -> Result<OwnedFd, ()> {
             }
             if text.is_empty() {
                 eprintln!("dhid: the daemon died during start-up");
-            } else {
-                eprint!("dhid: {text}");
+            }
+            for line in text.lines() {
+                eprintln!("dhid: {line}");
             }
             std::process::exit(1);
         }

@@ -48,9 +48,15 @@ impl PidFile {
         };
 
         let stale = previous(&mut lock);
-        lock.set_len(0).map_err(|e| describe(path, "truncate", e))?;
+        // Written over the old text, then cut to length: emptying the file
+        // first would free its block, which on a file system mounted with
+        // `discard` waits for the disk (a quarter of a millisecond here).
+        let text = format!("{}\n", std::process::id());
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
-        writeln!(lock, "{}", std::process::id()).map_err(|e| describe(path, "write", e))?;
+        lock.write_all(text.as_bytes())
+            .map_err(|e| describe(path, "write", e))?;
+        lock.set_len(text.len() as u64)
+            .map_err(|e| describe(path, "truncate", e))?;
         Ok((
             PidFile {
                 path: path.to_path_buf(),
@@ -120,4 +126,43 @@ fn read_text(file: &mut File) -> Option<String> {
 
 fn parse_pid(text: &str) -> Option<i32> {
     text.trim().parse().ok().filter(|&p: &i32| p > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_path(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dhid-pidfile-{}-{name}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir.join("dhid.pid")
+    }
+
+    #[test]
+    fn longer_old_text_is_replaced_whole() {
+        let path = temp_path("long");
+        fs::write(&path, "not a pid at all, and longer than one\n").unwrap();
+        let (pidfile, stale) = PidFile::create(&path).unwrap();
+        assert_eq!(stale, Some(Previous::Garbage));
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text, format!("{}\n", std::process::id()));
+        pidfile.remove();
+        assert!(!path.exists());
+        let _ = fs::remove_dir(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_gone_pid_is_reported() {
+        let path = temp_path("gone");
+        // Above the kernel's largest pid (4194304), so never alive.
+        fs::write(&path, "99999999\n").unwrap();
+        let (pidfile, stale) = PidFile::create(&path).unwrap();
+        assert_eq!(stale, Some(Previous::Gone(99999999)));
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        pidfile.remove();
+        let _ = fs::remove_dir(path.parent().unwrap());
+    }
 }

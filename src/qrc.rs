@@ -6,7 +6,7 @@
 //! dhisd accepts.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use num_bigint::BigUint;
 use num_traits::{One, ToPrimitive, Zero};
@@ -51,8 +51,13 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// A validated private key with what the square root needs precomputed.
-/// Shared, not copied: the configuration and the record hold the same.
+/// A private key. Shared, not copied: the configuration and the record
+/// hold the same.
+///
+/// Made in two steps, so that dhid can send its first datagrams between
+/// them: `unchecked` does the checks that cost nothing, `check` the
+/// primality round and the arithmetic the square root needs (about
+/// 0.1 ms). `from_decimal` and `new` do both.
 #[derive(Clone)]
 pub struct QrcKey(Arc<KeyParts>);
 
@@ -60,10 +65,16 @@ struct KeyParts {
     p: BigUint,
     q: BigUint,
     n: BigUint,
-    mod_p: Modulus,
-    mod_q: Modulus,
     exp_p: BigUint,
     exp_q: BigUint,
+    /// Computed once, by `check` or at the first square root.
+    crt: OnceLock<Crt>,
+}
+
+/// What the square root by CRT needs beyond the primes.
+struct Crt {
+    mod_p: Modulus,
+    mod_q: Modulus,
     q_inv_p: BigUint,
 }
 
@@ -95,12 +106,29 @@ fn parse_decimal(text: &str, which: char) -> Result<BigUint, KeyError> {
 
 impl QrcKey {
     pub fn from_decimal(p: &str, q: &str) -> Result<QrcKey, KeyError> {
-        QrcKey::new(parse_decimal(p, 'P')?, parse_decimal(q, 'Q')?)
+        let key = QrcKey::unchecked_decimal(p, q)?;
+        key.check()?;
+        Ok(key)
     }
 
     pub fn new(p: BigUint, q: BigUint) -> Result<QrcKey, KeyError> {
+        let key = QrcKey::unchecked(p, q)?;
+        key.check()?;
+        Ok(key)
+    }
+
+    /// `unchecked` from decimal text.
+    pub fn unchecked_decimal(p: &str, q: &str) -> Result<QrcKey, KeyError> {
+        QrcKey::unchecked(parse_decimal(p, 'P')?, parse_decimal(q, 'Q')?)
+    }
+
+    /// Every check but primality: 3 mod 4, distinct, N within the wire's
+    /// 200 digits. The key must pass `check` before it answers anything.
+    pub fn unchecked(p: BigUint, q: BigUint) -> Result<QrcKey, KeyError> {
         for (which, x) in [('P', &p), ('Q', &q)] {
-            if !miller_rabin(x, KEY_ROUNDS.0, KEY_ROUNDS.1) {
+            // Trial division is cheap and names the fault of an even or
+            // otherwise obviously composite number better than 3 mod 4.
+            if has_small_factor(x) {
                 return Err(KeyError::NotPrime { which });
             }
             if x % 4u32 != BigUint::from(3u32) {
@@ -115,23 +143,44 @@ impl QrcKey {
         if digits > NUMBER_LEN {
             return Err(KeyError::TooLarge { digits });
         }
-
-        let mod_p = Modulus::new(&p).expect("an odd prime");
-        let mod_q = Modulus::new(&q).expect("an odd prime");
         let exp_p = (&p + 1u32) >> 2;
         let exp_q = (&q + 1u32) >> 2;
-        // Fermat: q^(p-2) is q's inverse mod the prime p.
-        let q_inv_p = mod_p.pow(&q, &(&p - 2u32));
         Ok(QrcKey(Arc::new(KeyParts {
             p,
             q,
             n,
-            mod_p,
-            mod_q,
             exp_p,
             exp_q,
-            q_inv_p,
+            crt: OnceLock::new(),
         })))
+    }
+
+    /// The quick primality test of both primes (`KEY_ROUNDS`), then the
+    /// CRT values, so that the first challenge finds them ready.
+    pub fn check(&self) -> Result<(), KeyError> {
+        for (which, x) in [('P', &self.0.p), ('Q', &self.0.q)] {
+            if !miller_rabin(x, KEY_ROUNDS.0, KEY_ROUNDS.1) {
+                return Err(KeyError::NotPrime { which });
+            }
+        }
+        self.crt();
+        Ok(())
+    }
+
+    fn crt(&self) -> &Crt {
+        self.0.crt.get_or_init(|| {
+            let (p, q) = (&self.0.p, &self.0.q);
+            // Both are odd: they are 3 mod 4.
+            let mod_p = Modulus::new(p).expect("an odd modulus");
+            let mod_q = Modulus::new(q).expect("an odd modulus");
+            // Fermat: q^(p-2) is q's inverse mod the prime p.
+            let q_inv_p = mod_p.pow(q, &(p - 2u32));
+            Crt {
+                mod_p,
+                mod_q,
+                q_inv_p,
+            }
+        })
     }
 
     /// The 40-round test of `is_probable_prime` on both primes, for
@@ -151,12 +200,13 @@ impl QrcKey {
 
     /// The principal square root of `y` mod N, by CRT.
     pub fn principal_root(&self, y: &BigUint) -> BigUint {
-        let a = self.0.mod_p.pow(y, &self.0.exp_p);
-        let b = self.0.mod_q.pow(y, &self.0.exp_q);
+        let crt = self.crt();
+        let a = crt.mod_p.pow(y, &self.0.exp_p);
+        let b = crt.mod_q.pow(y, &self.0.exp_q);
 
         // Garner: x = b + q·((a − b)·q⁻¹ mod p), which is < N.
         let diff = (&a + &self.0.p - (&b % &self.0.p)) % &self.0.p;
-        let h = (diff * &self.0.q_inv_p) % &self.0.p;
+        let h = (diff * &crt.q_inv_p) % &self.0.p;
         b + h * &self.0.q
     }
 
@@ -210,14 +260,20 @@ pub fn is_probable_prime(n: &BigUint) -> bool {
 /// (`QrcKey::full_check`); every round costs about 30 µs of every start.
 const KEY_ROUNDS: (usize, usize) = (1, 0);
 
+/// True for 0, 1 and multiples of a small prime other than itself.
+fn has_small_factor(n: &BigUint) -> bool {
+    n < &BigUint::from(2u32)
+        || SMALL_PRIMES
+            .iter()
+            .any(|&p| n % p == BigUint::zero() && n != &BigUint::from(p))
+}
+
 fn miller_rabin(n: &BigUint, fixed: usize, derived: usize) -> bool {
-    if n < &BigUint::from(2u32) {
+    if has_small_factor(n) {
         return false;
     }
-    for p in SMALL_PRIMES {
-        if n % p == BigUint::zero() {
-            return n == &BigUint::from(p);
-        }
+    if SMALL_PRIMES.iter().any(|&p| n == &BigUint::from(p)) {
+        return true;
     }
 
     let one = BigUint::one();

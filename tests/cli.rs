@@ -105,6 +105,40 @@ fn check_runs_the_full_primality_test() {
     assert!(!text(&out.stdout).contains("configuration OK"));
 }
 
+/// The primality test of a key runs after the first ECHO_REQ has left,
+/// yet a key that fails it is still a start-up error with file and line,
+/// detached or not, and leaves no pid file.
+#[test]
+fn a_composite_key_stops_the_start() {
+    let dir = TempDir::new("cli-composite");
+    let server = free_udp_port();
+    let conf = format!("{{\nHostID 5\nAuthP 15\nAuthQ 1000003\nISAddr 127.0.0.1:{server}\n}}\n");
+    let path = dir.write_mode("dhid.conf", &conf, 0o600);
+    let pidfile = dir.join("dhid.pid");
+    for foreground in [true, false] {
+        let port = free_udp_port().to_string();
+        let mut args = vec![
+            "-f",
+            path.to_str().unwrap(),
+            "-p",
+            &port,
+            "-P",
+            pidfile.to_str().unwrap(),
+        ];
+        if foreground {
+            args.push("-F");
+        }
+        let out = Dhid::run(&args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("{}:3: AuthP is not a prime", path.display())),
+            "{err}"
+        );
+        assert!(!pidfile.exists());
+    }
+}
+
 #[test]
 fn a_busy_port_is_a_start_up_error() {
     let port = free_udp_port();
