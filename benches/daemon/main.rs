@@ -49,6 +49,8 @@ const GROUPS: [&str; 7] = [
 
 /// Every record refreshes once a minute, the shortest period dhisd holds.
 const REFRESH: u32 = 60;
+/// Pause before each single-record run.
+const SETTLE: Duration = Duration::from_millis(300);
 
 struct Options {
     c_dhid: Result<PathBuf, String>,
@@ -348,6 +350,9 @@ impl Bench {
             ("pass1", "pass1_wire")
         };
         for (which, host) in plan {
+            // The previous run's program has just been stopped, and dhisd
+            // may still be taking its host offline: start on a quiet machine.
+            std::thread::sleep(SETTLE);
             let port = procs::free_udp_port()?;
             let conf = self.conf(
                 std::slice::from_ref(&host),
