@@ -155,15 +155,30 @@ impl QrcKey {
         })))
     }
 
-    /// The quick primality test of both primes (`KEY_ROUNDS`), then the
-    /// CRT values, so that the first challenge finds them ready.
+    /// The quick primality test at start: one Fermat round for each
+    /// prime, to the other prime as base. For a prime P, Q^(P−2) mod P is
+    /// Q's inverse, which the square root needs anyway; so P's round costs
+    /// one multiplication more, and Q's one exponentiation.
+    ///
+    /// The keys come from the administrator's own file, so the test
+    /// guards against typos and wrong numbers, not a crafted number: a
+    /// mistyped 100-digit number is a Fermat pseudoprime to such a base by
+    /// a chance far below 1 in 10^20 (Carmichael numbers, which pass for
+    /// every base, are rarer still), and a wrong key that did pass would
+    /// still show as a refused login. `dhid -t` runs the full test
+    /// (`QrcKey::full_check`).
     pub fn check(&self) -> Result<(), KeyError> {
-        for (which, x) in [('P', &self.0.p), ('Q', &self.0.q)] {
-            if !miller_rabin(x, KEY_ROUNDS.0, KEY_ROUNDS.1) {
-                return Err(KeyError::NotPrime { which });
-            }
+        let (p, q) = (&self.0.p, &self.0.q);
+        let one = BigUint::one();
+
+        let crt = self.crt();
+        if (q * &crt.q_inv_p) % p != one {
+            return Err(KeyError::NotPrime { which: 'P' });
         }
-        self.crt();
+        let p_inv_q = crt.mod_q.pow(p, &(q - 2u32));
+        if (p * p_inv_q) % q != one {
+            return Err(KeyError::NotPrime { which: 'Q' });
+        }
         Ok(())
     }
 
@@ -250,15 +265,6 @@ const SMALL_PRIMES: [u32; 24] = [
 pub fn is_probable_prime(n: &BigUint) -> bool {
     miller_rabin(n, SMALL_PRIMES.len(), 16)
 }
-
-/// Rounds for keys read from a configuration at start: one strong test to
-/// base 2. The keys come from the administrator's own file, so the test
-/// guards against typos and wrong numbers, not against a crafted
-/// pseudoprime: no mistyped 100-digit number is a strong pseudoprime to
-/// base 2 but by a chance far below 1 in 10^20, and a wrong key that did
-/// pass would still show as a refused login. `dhid -t` runs the full test
-/// (`QrcKey::full_check`); every round costs about 30 µs of every start.
-const KEY_ROUNDS: (usize, usize) = (1, 0);
 
 /// True for 0, 1 and multiples of a small prime other than itself.
 fn has_small_factor(n: &BigUint) -> bool {
@@ -426,9 +432,24 @@ mod tests {
     }
 
     #[test]
-    fn a_base_2_pseudoprime_passes_the_quick_test_only() {
-        // 42799 = 127 · 337, a strong pseudoprime to base 2, 3 mod 4.
-        let key = QrcKey::from_decimal("42799", "1000003").expect("the quick test passes it");
+    fn the_quick_test_catches_composites_without_small_factors() {
+        // 42799 = 127 · 337, 3 mod 4; 1000003 is a prime, 3 mod 4.
+        assert_eq!(
+            QrcKey::from_decimal("42799", "1000003"),
+            Err(KeyError::NotPrime { which: 'P' })
+        );
+        assert_eq!(
+            QrcKey::from_decimal("1000003", "42799"),
+            Err(KeyError::NotPrime { which: 'Q' })
+        );
+    }
+
+    #[test]
+    fn a_carmichael_number_passes_the_quick_test_only() {
+        // 139952671 = 131 · 571 · 1871 is a Carmichael number, 3 mod 4
+        // and without a factor below 100: a Fermat pseudoprime to every
+        // base prime to it.
+        let key = QrcKey::from_decimal("139952671", "1000003").expect("the quick test passes it");
         assert_eq!(key.full_check(), Err(KeyError::NotPrime { which: 'P' }));
         let good = QrcKey::from_decimal("1000003", "42767").unwrap();
         assert_eq!(good.full_check(), Ok(()));

@@ -88,12 +88,12 @@ fn check_reports_records_without_secrets() {
     assert!(!stdout.contains("topsecret") && !text(&out.stderr).contains("topsecret"));
 }
 
-/// 42799 = 127 · 337 is a strong pseudoprime to base 2 and 3 mod 4: the
+/// 139952671 = 131 · 571 · 1871 is a Carmichael number and 3 mod 4: the
 /// single round at start lets it through, the full test of -t does not.
 #[test]
 fn check_runs_the_full_primality_test() {
     let dir = TempDir::new("cli-check-prime");
-    let conf = "{\nHostID 5\nAuthP 42799\nAuthQ 1000003\nISAddr 127.0.0.1:58977\n}\n";
+    let conf = "{\nHostID 5\nAuthP 139952671\nAuthQ 1000003\nISAddr 127.0.0.1:58977\n}\n";
     let path = dir.write_mode("dhid.conf", conf, 0o600);
     let out = Dhid::run(&["-t", "-f", path.to_str().unwrap()]);
     let err = text(&out.stderr);
