@@ -21,8 +21,12 @@ use super::procs::{self, TAG_VAR};
 use super::tmp::TempDir;
 use super::{free_udp_port, wait_until};
 
-/// The dhid binary built by cargo for this test run.
-pub const DHID: &str = env!("CARGO_BIN_EXE_dhid");
+/// The dhid binary under test: the one cargo built for this run, or
+/// another build named by DHID_TEST_BINARY (scripts/test runs the
+/// real-dhisd tests once more with the static build that way).
+pub fn binary() -> String {
+    std::env::var("DHID_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dhid").to_string())
+}
 
 /// Grace between SIGTERM and SIGKILL on drop.
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -318,7 +322,7 @@ impl Dhid {
         let dir = TempDir::new("dhid");
         let conf = dir.write_mode("dhid.conf", conf_text, 0o600);
         let pidfile = dir.join("dhid.pid");
-        let mut cmd = Command::new(DHID);
+        let mut cmd = Command::new(binary());
         cmd.arg("-F")
             .arg("-f")
             .arg(&conf)
@@ -379,7 +383,8 @@ impl Dhid {
     pub fn run_timeout(args: &[&str], timeout: Duration) -> Output {
         let dir = TempDir::new("dhid-run");
         let tag = dir.path().display().to_string();
-        let mut child = Command::new(DHID)
+        let binary = binary();
+        let mut child = Command::new(&binary)
             .args(args)
             .current_dir(dir.path())
             .env(TAG_VAR, &tag)
@@ -387,7 +392,7 @@ impl Dhid {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {DHID}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
         let out = read_all(child.stdout.take().expect("piped stdout"));
         let err = read_all(child.stderr.take().expect("piped stderr"));
         let mut status = None;
