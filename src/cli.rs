@@ -58,6 +58,8 @@ pub enum UsageError {
     Unexpected(String),
     /// A long flag given a value (`--check=yes`); none takes one.
     ValueNotAllowed(String),
+    /// `-t` and `--genkeys` together: only one of them could run.
+    CheckAndGenkeys,
 }
 
 impl fmt::Display for UsageError {
@@ -76,6 +78,7 @@ impl fmt::Display for UsageError {
             }
             UsageError::Unexpected(word) => write!(f, "unexpected argument {word:?}"),
             UsageError::ValueNotAllowed(opt) => write!(f, "option --{opt} takes no value"),
+            UsageError::CheckAndGenkeys => f.write_str("-t and --genkeys cannot be combined"),
         }
     }
 }
@@ -130,6 +133,9 @@ where
             Some(flags) if !flags.is_empty() => short_options(&mut options, flags, &mut args)?,
             _ => return Err(UsageError::Unexpected(lossy(&word))),
         }
+    }
+    if options.check && options.genkeys {
+        return Err(UsageError::CheckAndGenkeys);
     }
     Ok(options)
 }
@@ -247,8 +253,9 @@ mod tests {
 
     #[test]
     fn long_flags() {
-        let o = parse_words(&["--foreground", "--check", "--genkeys", "--version"]).unwrap();
-        assert!(o.foreground && o.check && o.genkeys && o.version);
+        let o = parse_words(&["--foreground", "--check", "--version"]).unwrap();
+        assert!(o.foreground && o.check && o.version);
+        assert!(parse_words(&["--genkeys"]).unwrap().genkeys);
         assert!(parse_words(&["--help"]).unwrap().help);
         assert_eq!(
             parse_words(&["--check=yes"]),
@@ -311,5 +318,9 @@ mod tests {
             Err(UsageError::Unexpected("x".into()))
         );
         assert_eq!(parse_words(&["-F", "--"]).map(|o| o.foreground), Ok(true));
+        assert_eq!(
+            parse_words(&["-t", "--genkeys"]),
+            Err(UsageError::CheckAndGenkeys)
+        );
     }
 }
