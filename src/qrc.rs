@@ -158,7 +158,9 @@ impl QrcKey {
     /// The quick primality test at start: one Fermat round for each
     /// prime, to the other prime as base. For a prime P, Q^(P−2) mod P is
     /// Q's inverse, which the square root needs anyway; so P's round costs
-    /// one multiplication more, and Q's one exponentiation.
+    /// one multiplication more, and Q's one exponentiation. A base of ±1
+    /// modulo the number proves nothing (Q = 2P + 1 is a fine key); such a
+    /// number gets one strong round to base 2 instead.
     ///
     /// The keys come from the administrator's own file, so the test
     /// guards against typos and wrong numbers, not a crafted number: a
@@ -169,14 +171,30 @@ impl QrcKey {
     /// (`QrcKey::full_check`).
     pub fn check(&self) -> Result<(), KeyError> {
         let (p, q) = (&self.0.p, &self.0.q);
-        let one = BigUint::one();
-
-        let crt = self.crt();
-        if (q * &crt.q_inv_p) % p != one {
+        // They differ, so a multiple of the other is no prime.
+        if (q % p).is_zero() {
+            return Err(KeyError::NotPrime { which: 'Q' });
+        }
+        if (p % q).is_zero() {
             return Err(KeyError::NotPrime { which: 'P' });
         }
-        let p_inv_q = crt.mod_q.pow(p, &(q - 2u32));
-        if (p * p_inv_q) % q != one {
+
+        let one = BigUint::one();
+        let crt = self.crt();
+        let p_passes = if is_plus_minus_one(q, p) {
+            miller_rabin(p, 1, 0)
+        } else {
+            (q * &crt.q_inv_p) % p == one
+        };
+        if !p_passes {
+            return Err(KeyError::NotPrime { which: 'P' });
+        }
+        let q_passes = if is_plus_minus_one(p, q) {
+            miller_rabin(q, 1, 0)
+        } else {
+            (p * crt.mod_q.pow(p, &(q - 2u32))) % q == one
+        };
+        if !q_passes {
             return Err(KeyError::NotPrime { which: 'Q' });
         }
         Ok(())
@@ -264,6 +282,12 @@ const SMALL_PRIMES: [u32; 24] = [
 /// the test for keys dhid makes itself.
 pub fn is_probable_prime(n: &BigUint) -> bool {
     miller_rabin(n, SMALL_PRIMES.len(), 16)
+}
+
+/// True when `base` is 1 or −1 modulo `m`.
+fn is_plus_minus_one(base: &BigUint, m: &BigUint) -> bool {
+    let r = base % m;
+    r.is_one() || r + 1u32 == *m
 }
 
 /// True for 0, 1 and multiples of a small prime other than itself.
@@ -442,6 +466,32 @@ mod tests {
             QrcKey::from_decimal("1000003", "42799"),
             Err(KeyError::NotPrime { which: 'Q' })
         );
+    }
+
+    #[test]
+    fn a_base_of_plus_or_minus_one_is_not_trusted() {
+        // 10403 = 101 · 103; 41611 = 4 · 10403 − 1 and 20807 = 2 · 10403 + 1
+        // are primes, 3 mod 4, and ±1 modulo 10403.
+        for q in ["41611", "20807"] {
+            assert_eq!(
+                QrcKey::from_decimal("10403", q),
+                Err(KeyError::NotPrime { which: 'P' }),
+                "{q}"
+            );
+        }
+        // A multiple of the other number: the multiple is named.
+        assert_eq!(
+            QrcKey::from_decimal("103", "10403"),
+            Err(KeyError::NotPrime { which: 'Q' })
+        );
+        assert_eq!(
+            QrcKey::from_decimal("10403", "103"),
+            Err(KeyError::NotPrime { which: 'P' })
+        );
+        // A good pair with Q = 2P + 1: 1019 and 2039.
+        let key = QrcKey::from_decimal("1019", "2039").unwrap();
+        let y = BigUint::from(5u32).pow(2) % key.modulus();
+        assert!(key.is_root(&key.principal_root(&y), &y));
     }
 
     #[test]
