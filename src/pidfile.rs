@@ -51,11 +51,17 @@ impl PidFile {
         // Written over the old text, then cut to length: emptying the file
         // first would free its block, which on a file system mounted with
         // `discard` waits for the disk (a quarter of a millisecond here).
-        let text = format!("{}\n", std::process::id());
+        // Padded with newlines over a longer old text, so that a reader in
+        // between (`kill $(cat dhid.pid)`) never sees a tail of old digits.
+        let old_len = lock.metadata().map(|m| m.len()).unwrap_or(0);
+        let pid = format!("{}\n", std::process::id());
+        let mut text = pid.clone().into_bytes();
+        // (Up to one page: a pid file is a few bytes, whatever was there.)
+        text.resize(text.len().max(old_len.min(4096) as usize), b'\n');
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
-        lock.write_all(text.as_bytes())
+        lock.write_all(&text)
             .map_err(|e| describe(path, "write", e))?;
-        lock.set_len(text.len() as u64)
+        lock.set_len(pid.len() as u64)
             .map_err(|e| describe(path, "truncate", e))?;
         Ok((
             PidFile {
