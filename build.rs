@@ -10,7 +10,8 @@
 //! shared (its security fixes still reach dhid).
 //!
 //! How: a linker script named `libgcc_s.so` in OUT_DIR, searched before the
-//! system's directories, hands the linker `-lgcc_eh`. A static build
+//! system's directories (`-L` applies to every `-l` on the line), hands the
+//! linker `-lgcc_eh`. Only dhid's own targets get it. A static build
 //! (`crt-static`) links libgcc_eh anyway and is left alone. Set
 //! DHID_SHARED_LIBGCC=1 for a toolchain without libgcc_eh.a.
 
@@ -36,5 +37,8 @@ fn main() {
 
     let dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     fs::write(dir.join("libgcc_s.so"), "INPUT(-lgcc_eh)\n").expect("OUT_DIR is writable");
-    println!("cargo:rustc-link-search=native={}", dir.display());
+    // A link argument, not a search path: cargo would hand a search path
+    // on to every crate that depends on dhid (the fuzz targets, which load
+    // libstdc++ and with it the shared libgcc_s), and to LD_LIBRARY_PATH.
+    println!("cargo:rustc-link-arg=-L{}", dir.display());
 }
