@@ -54,6 +54,8 @@ pub enum UsageError {
     OldConfigOption,
     Unknown(String),
     MissingValue(char),
+    /// `-f ""` or `-P ""`: no file name.
+    EmptyValue(char),
     BadPort(String),
     Unexpected(String),
     /// A long flag given a value (`--check=yes`); none takes one.
@@ -73,6 +75,7 @@ impl fmt::Display for UsageError {
             }
             UsageError::Unknown(opt) => write!(f, "unknown option {opt}"),
             UsageError::MissingValue(opt) => write!(f, "option -{opt} needs a value"),
+            UsageError::EmptyValue(opt) => write!(f, "option -{opt} needs a file name, not \"\""),
             UsageError::BadPort(value) => {
                 write!(f, "-p {value:?}: the port must be a number from 1 to 65535")
             }
@@ -83,7 +86,8 @@ impl fmt::Display for UsageError {
     }
 }
 
-pub const USAGE: &str = "Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]";
+pub const USAGE: &str = "Usage: dhid [-F] [-v] [-t] [-f FILE] [-p PORT] [-P FILE]
+       dhid --genkeys | -h | -V";
 
 /// The text of `-h`. tests/manpages.rs reads the flags from its
 /// "Options:" part and checks that dhid(8) documents exactly those.
@@ -201,6 +205,7 @@ fn short_options(
 
 fn set_value(options: &mut Options, flag: u8, value: OsString) -> Result<(), UsageError> {
     match flag {
+        b'f' | b'P' if value.is_empty() => return Err(UsageError::EmptyValue(char::from(flag))),
         b'f' => options.config = PathBuf::from(value),
         b'P' => options.pidfile = PathBuf::from(value),
         _ => {
@@ -308,6 +313,8 @@ mod tests {
         assert_eq!(parse_words(&["-Fl"]), Err(UsageError::OldConfigOption));
         assert_eq!(parse_words(&["-x"]), Err(UsageError::Unknown("-x".into())));
         assert_eq!(parse_words(&["-f"]), Err(UsageError::MissingValue('f')));
+        assert_eq!(parse_words(&["-f", ""]), Err(UsageError::EmptyValue('f')));
+        assert_eq!(parse_words(&["-P", ""]), Err(UsageError::EmptyValue('P')));
         assert_eq!(
             parse_words(&["conf"]),
             Err(UsageError::Unexpected("conf".into()))

@@ -139,8 +139,6 @@ impl Daemon {
         })
     }
 
-    /// Run until TERM or INT has taken every record offline and the hooks
-    /// are done.
     /// The first turn's sends: the first ECHO_REQs leave at once, and the
     /// caller finishes start-up while their answers travel. `run` goes on
     /// from there (and does this itself when it was not called).
@@ -151,6 +149,8 @@ impl Daemon {
         self.flush_outbox();
     }
 
+    /// Run until TERM or INT has taken every record offline and the hooks
+    /// are done.
     pub fn run(&mut self) -> io::Result<()> {
         let mut woke = now();
         self.engine.handle_timeout(woke);

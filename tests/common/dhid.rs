@@ -24,8 +24,12 @@ use super::{free_udp_port, wait_until};
 /// The dhid binary under test: the one cargo built for this run, or
 /// another build named by DHID_TEST_BINARY (scripts/test runs the
 /// real-dhisd tests once more with the static build that way).
-pub fn binary() -> String {
-    std::env::var("DHID_TEST_BINARY").unwrap_or_else(|_| env!("CARGO_BIN_EXE_dhid").to_string())
+pub fn binary() -> PathBuf {
+    // Absolute: the tests run dhid in a temporary directory.
+    let path = std::env::var_os("DHID_TEST_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dhid")));
+    std::path::absolute(&path).unwrap_or(path)
 }
 
 /// Grace between SIGTERM and SIGKILL on drop.
@@ -392,7 +396,7 @@ impl Dhid {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
         let out = read_all(child.stdout.take().expect("piped stdout"));
         let err = read_all(child.stderr.take().expect("piped stderr"));
         let mut status = None;
