@@ -47,17 +47,17 @@ impl PidFile {
             Err((_, e)) => return Err(describe(path, "lock", e)),
         };
 
-        let stale = previous(&mut lock);
+        let old = read_bytes(&mut lock).unwrap_or_default();
+        let stale = previous(&old);
         // Written over the old text, then cut to length: emptying the file
         // first would free its block, which on a file system mounted with
         // `discard` waits for the disk (a quarter of a millisecond here).
         // Padded with newlines over a longer old text, so that a reader in
         // between (`kill $(cat dhid.pid)`) never sees a tail of old digits.
-        let old_len = lock.metadata().map(|m| m.len()).unwrap_or(0);
         let pid = format!("{}\n", std::process::id());
         let mut text = pid.clone().into_bytes();
         // (Up to one page: a pid file is a few bytes, whatever was there.)
-        text.resize(text.len().max(old_len.min(4096) as usize), b'\n');
+        text.resize(text.len().max(old.len().min(4096)), b'\n');
         lock.rewind().map_err(|e| describe(path, "rewind", e))?;
         lock.write_all(&text)
             .map_err(|e| describe(path, "write", e))?;
@@ -100,12 +100,12 @@ impl std::fmt::Display for Previous {
     }
 }
 
-fn previous(file: &mut File) -> Option<Previous> {
-    let text = read_text(file)?;
+fn previous(old: &[u8]) -> Option<Previous> {
+    let text = std::str::from_utf8(old).ok()?;
     if text.trim().is_empty() {
         return None;
     }
-    let Some(pid) = parse_pid(&text) else {
+    let Some(pid) = parse_pid(text) else {
         return Some(Previous::Garbage);
     };
     if pid == std::process::id() as i32 {
@@ -120,14 +120,14 @@ fn previous(file: &mut File) -> Option<Previous> {
 }
 
 fn read_pid(file: &mut File) -> Option<i32> {
-    parse_pid(&read_text(file)?)
+    parse_pid(std::str::from_utf8(&read_bytes(file)?).ok()?)
 }
 
-fn read_text(file: &mut File) -> Option<String> {
-    let mut text = String::new();
+fn read_bytes(file: &mut File) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
     file.rewind().ok()?;
-    file.read_to_string(&mut text).ok()?;
-    Some(text)
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn parse_pid(text: &str) -> Option<i32> {

@@ -106,9 +106,7 @@ fn parse_decimal(text: &str, which: char) -> Result<BigUint, KeyError> {
 
 impl QrcKey {
     pub fn from_decimal(p: &str, q: &str) -> Result<QrcKey, KeyError> {
-        let key = QrcKey::unchecked_decimal(p, q)?;
-        key.check()?;
-        Ok(key)
+        QrcKey::new(parse_decimal(p, 'P')?, parse_decimal(q, 'Q')?)
     }
 
     pub fn new(p: BigUint, q: BigUint) -> Result<QrcKey, KeyError> {
@@ -171,30 +169,20 @@ impl QrcKey {
     /// (`QrcKey::full_check`).
     pub fn check(&self) -> Result<(), KeyError> {
         let (p, q) = (&self.0.p, &self.0.q);
+        let (q_mod_p, p_mod_q) = (q % p, p % q);
         // They differ, so a multiple of the other is no prime.
-        if (q % p).is_zero() {
+        if q_mod_p.is_zero() {
             return Err(KeyError::NotPrime { which: 'Q' });
         }
-        if (p % q).is_zero() {
+        if p_mod_q.is_zero() {
             return Err(KeyError::NotPrime { which: 'P' });
         }
 
-        let one = BigUint::one();
         let crt = self.crt();
-        let p_passes = if is_plus_minus_one(q, p) {
-            miller_rabin(p, 1, 0)
-        } else {
-            (q * &crt.q_inv_p) % p == one
-        };
-        if !p_passes {
+        if !quick_round(p, &q_mod_p, || crt.q_inv_p.clone()) {
             return Err(KeyError::NotPrime { which: 'P' });
         }
-        let q_passes = if is_plus_minus_one(p, q) {
-            miller_rabin(q, 1, 0)
-        } else {
-            (p * crt.mod_q.pow(p, &(q - 2u32))) % q == one
-        };
-        if !q_passes {
+        if !quick_round(q, &p_mod_q, || crt.mod_q.pow(p, &(q - 2u32))) {
             return Err(KeyError::NotPrime { which: 'Q' });
         }
         Ok(())
@@ -284,26 +272,37 @@ pub fn is_probable_prime(n: &BigUint) -> bool {
     miller_rabin(n, SMALL_PRIMES.len(), 16)
 }
 
-/// True when `base` is 1 or −1 modulo `m`.
-fn is_plus_minus_one(base: &BigUint, m: &BigUint) -> bool {
-    let r = base % m;
-    r.is_one() || r + 1u32 == *m
+/// `QrcKey::check`'s round for `x`: Fermat's test to `base` (below `x`),
+/// through `inverse`, which is base^(x−2) mod x: base's inverse when `x` is
+/// prime. A base of ±1 proves nothing; `x` then gets a strong round to 2.
+fn quick_round(x: &BigUint, base: &BigUint, inverse: impl FnOnce() -> BigUint) -> bool {
+    if base.is_one() || base + 1u32 == *x {
+        return miller_rabin(x, 1, 0);
+    }
+    (base * inverse()) % x == BigUint::one()
+}
+
+/// Trial division by `SMALL_PRIMES`: Some(false) for 0, 1 and multiples of
+/// a small prime other than itself, Some(true) for a small prime, None
+/// when it does not tell.
+fn small_prime_verdict(n: &BigUint) -> Option<bool> {
+    if let Some(small) = n.to_u32().filter(|&v| v < 2 || SMALL_PRIMES.contains(&v)) {
+        return Some(small >= 2);
+    }
+    SMALL_PRIMES
+        .iter()
+        .any(|&p| (n % p).is_zero())
+        .then_some(false)
 }
 
 /// True for 0, 1 and multiples of a small prime other than itself.
 fn has_small_factor(n: &BigUint) -> bool {
-    n < &BigUint::from(2u32)
-        || SMALL_PRIMES
-            .iter()
-            .any(|&p| n % p == BigUint::zero() && n != &BigUint::from(p))
+    small_prime_verdict(n) == Some(false)
 }
 
 fn miller_rabin(n: &BigUint, fixed: usize, derived: usize) -> bool {
-    if has_small_factor(n) {
-        return false;
-    }
-    if SMALL_PRIMES.iter().any(|&p| n == &BigUint::from(p)) {
-        return true;
+    if let Some(verdict) = small_prime_verdict(n) {
+        return verdict;
     }
 
     let one = BigUint::one();
@@ -455,39 +454,34 @@ mod tests {
         );
     }
 
+    /// Each pair is refused, naming the composite one.
+    fn assert_composite(pairs: &[(&str, &str, char)]) {
+        for &(p, q, which) in pairs {
+            assert_eq!(
+                QrcKey::from_decimal(p, q),
+                Err(KeyError::NotPrime { which }),
+                "{p} {q}"
+            );
+        }
+    }
+
     #[test]
     fn the_quick_test_catches_composites_without_small_factors() {
         // 42799 = 127 · 337, 3 mod 4; 1000003 is a prime, 3 mod 4.
-        assert_eq!(
-            QrcKey::from_decimal("42799", "1000003"),
-            Err(KeyError::NotPrime { which: 'P' })
-        );
-        assert_eq!(
-            QrcKey::from_decimal("1000003", "42799"),
-            Err(KeyError::NotPrime { which: 'Q' })
-        );
+        assert_composite(&[("42799", "1000003", 'P'), ("1000003", "42799", 'Q')]);
     }
 
     #[test]
     fn a_base_of_plus_or_minus_one_is_not_trusted() {
         // 10403 = 101 · 103; 41611 = 4 · 10403 − 1 and 20807 = 2 · 10403 + 1
-        // are primes, 3 mod 4, and ±1 modulo 10403.
-        for q in ["41611", "20807"] {
-            assert_eq!(
-                QrcKey::from_decimal("10403", q),
-                Err(KeyError::NotPrime { which: 'P' }),
-                "{q}"
-            );
-        }
-        // A multiple of the other number: the multiple is named.
-        assert_eq!(
-            QrcKey::from_decimal("103", "10403"),
-            Err(KeyError::NotPrime { which: 'Q' })
-        );
-        assert_eq!(
-            QrcKey::from_decimal("10403", "103"),
-            Err(KeyError::NotPrime { which: 'P' })
-        );
+        // are primes, 3 mod 4, and ±1 modulo 10403. Then a multiple of the
+        // other number: the multiple is named.
+        assert_composite(&[
+            ("10403", "41611", 'P'),
+            ("10403", "20807", 'P'),
+            ("103", "10403", 'Q'),
+            ("10403", "103", 'P'),
+        ]);
         // A good pair with Q = 2P + 1: 1019 and 2039.
         let key = QrcKey::from_decimal("1019", "2039").unwrap();
         let y = BigUint::from(5u32).pow(2) % key.modulus();

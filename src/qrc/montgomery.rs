@@ -3,7 +3,7 @@
 //!
 //! num-bigint allocates for every product and reduces through general
 //! division, about 50 µs for one exponentiation mod a 100-digit prime; the
-//! square root needs two and the key check at start one per base. Here the
+//! square root needs two and the key check at start two. Here the
 //! limbs live in buffers made once per exponentiation and each product is
 //! reduced as it is formed, three to four times faster.
 //!
