@@ -221,6 +221,50 @@ fn detached_start_writes_a_locked_pid_file() {
     assert!(common::procs::wait_gone(pid, SHORT));
 }
 
+/// Started with stdin and stdout closed, dhid puts /dev/null there before
+/// opening anything, so neither its socket nor its pid file becomes fd 0
+/// or 1 (log lines for stdout or stderr would land in them).
+#[test]
+fn closed_stdio_is_reopened_on_dev_null() {
+    let dir = TempDir::new("cli-closed");
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    let pidfile = dir.join("dhid.pid");
+    let port = free_udp_port().to_string();
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("exec \"$0\" -F -f \"$1\" -p \"$2\" -P \"$3\" <&- >&-")
+        .args([
+            BIN,
+            path.to_str().unwrap(),
+            &port,
+            pidfile.to_str().unwrap(),
+        ])
+        .env("DHID_TEST_INSTANCE", dir.path())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let started = common::wait_until(SHORT, Duration::from_millis(20), || pidfile.exists());
+    let links: Vec<String> = (0..=2)
+        .map(
+            |fd| match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+                Ok(target) => target.display().to_string(),
+                Err(e) => e.to_string(),
+            },
+        )
+        .collect();
+
+    kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
+    let _ = child.wait();
+    assert!(started, "no pid file");
+    assert_eq!(links[0], "/dev/null", "{links:?}");
+    assert_eq!(links[1], "/dev/null", "{links:?}");
+}
+
 #[test]
 fn an_unwritable_pid_file_names_the_option() {
     let dir = TempDir::new("cli-pid");

@@ -46,11 +46,14 @@ fn hooks_get_argv_environment_and_dev_null() {
     }
     std::fs::create_dir_all(&deep).unwrap();
     let out = dir.join("out.txt");
+    let signals = dir.join("signals.txt");
     let script = format!(
         "#!/bin/sh\nfds=$(for fd in 0 1 2; do echo \"fd$fd=$(readlink /proc/$$/fd/$fd)\"; done)\n\
+         grep -E '^Sig(Blk|Ign):' /proc/$$/status >> {}\n\
          {{ echo \"argc=$#\"; echo \"args=$*\"; \
          echo \"env=$DHID_EVENT $DHID_HOSTID $DHID_ADDRESS $DHID_SERVER\"; \
          echo \"$fds\"; }} >> {}\n",
+        signals.display(),
         out.display()
     );
     let hook = deep.join("hook.sh");
@@ -98,6 +101,22 @@ fn hooks_get_argv_environment_and_dev_null() {
         format!("env=offline 31 127.0.0.1 {server_addr}"),
         "{text}"
     );
+
+    // dhid ignores SIGPIPE and blocks nothing, but a hook starts as any
+    // program expects: SIGPIPE kills it, no signal is blocked.
+    let signals = std::fs::read_to_string(&signals).unwrap();
+    let masks: Vec<(&str, u64)> = signals
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(name, hex)| (name, u64::from_str_radix(hex.trim(), 16).unwrap()))
+        .collect();
+    assert_eq!(masks.len(), 4, "{signals}");
+    for (name, mask) in masks {
+        match name {
+            "SigBlk" => assert_eq!(mask, 0, "{signals}"),
+            _ => assert_eq!(mask & 1 << (libc::SIGPIPE - 1), 0, "{signals}"),
+        }
+    }
 
     std::thread::sleep(Duration::from_millis(200));
     assert_eq!(zombies_of(dhid.pid()), Vec::<i32>::new());
