@@ -350,9 +350,6 @@ impl Bench {
             ("pass1", "pass1_wire")
         };
         for (which, host) in plan {
-            // The previous run's program has just been stopped, and dhisd
-            // may still be taking its host offline: start on a quiet machine.
-            std::thread::sleep(SETTLE);
             let port = procs::free_udp_port()?;
             let conf = self.conf(
                 std::slice::from_ref(&host),
@@ -365,6 +362,10 @@ impl Bench {
                 &format!("one-{port}"),
                 self.tag(),
             )?;
+            // The previous run's program has just been stopped, dhisd may
+            // still be taking its host offline, and tcpdump has just said it
+            // listens: start on a quiet machine.
+            std::thread::sleep(SETTLE);
             let mut prog = self.start(which, &conf, port)?;
             let acked = |p: &Packet| p.opcode == AUTH_ACK && p.dport == port;
             let online = cap.wait_for(Duration::from_secs(10), Duration::from_millis(20), |pk| {
