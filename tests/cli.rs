@@ -21,6 +21,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// A private directory holding a `dhid.conf` of one password record whose
+/// server is a loopback port nobody listens on.
+fn lone_record(name: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = TempDir::new(name);
+    let path = dir.write_mode(
+        "dhid.conf",
+        &conf_password(1, "pw", free_udp_port(), &[]),
+        0o600,
+    );
+    (dir, path)
+}
+
 #[test]
 fn help_prints_usage_and_succeeds() {
     let out = Dhid::run(&["-h"]);
@@ -143,12 +155,7 @@ fn a_composite_key_stops_the_start() {
 fn a_busy_port_is_a_start_up_error() {
     let port = free_udp_port();
     let _holder = UdpSocket::bind(("0.0.0.0", port)).unwrap();
-    let dir = TempDir::new("cli-busy");
-    let path = dir.write_mode(
-        "dhid.conf",
-        &conf_password(1, "pw", free_udp_port(), &[]),
-        0o600,
-    );
+    let (dir, path) = lone_record("cli-busy");
     let pidfile = dir.join("dhid.pid");
     let port_arg = port.to_string();
     let out = Dhid::run(&[
@@ -168,12 +175,7 @@ fn a_busy_port_is_a_start_up_error() {
 /// written; the pid file is locked against a second dhid.
 #[test]
 fn detached_start_writes_a_locked_pid_file() {
-    let dir = TempDir::new("cli-detach");
-    let path = dir.write_mode(
-        "dhid.conf",
-        &conf_password(1, "pw", free_udp_port(), &[]),
-        0o600,
-    );
+    let (dir, path) = lone_record("cli-detach");
     let pidfile = dir.join("dhid.pid");
     let args = |port: u16| {
         vec![
@@ -226,12 +228,7 @@ fn detached_start_writes_a_locked_pid_file() {
 /// or 1 (log lines for stdout or stderr would land in them).
 #[test]
 fn closed_stdio_is_reopened_on_dev_null() {
-    let dir = TempDir::new("cli-closed");
-    let path = dir.write_mode(
-        "dhid.conf",
-        &conf_password(1, "pw", free_udp_port(), &[]),
-        0o600,
-    );
+    let (dir, path) = lone_record("cli-closed");
     let pidfile = dir.join("dhid.pid");
     let port = free_udp_port().to_string();
     let mut child = Command::new("/bin/sh")
@@ -267,12 +264,7 @@ fn closed_stdio_is_reopened_on_dev_null() {
 
 #[test]
 fn an_unwritable_pid_file_names_the_option() {
-    let dir = TempDir::new("cli-pid");
-    let path = dir.write_mode(
-        "dhid.conf",
-        &conf_password(1, "pw", free_udp_port(), &[]),
-        0o600,
-    );
+    let (_dir, path) = lone_record("cli-pid");
     let port = free_udp_port().to_string();
     let out = Dhid::run(&[
         "-F",
@@ -293,12 +285,7 @@ fn an_unwritable_pid_file_names_the_option() {
 
 #[test]
 fn a_stale_pid_file_is_replaced() {
-    let dir = TempDir::new("cli-stale");
-    let path = dir.write_mode(
-        "dhid.conf",
-        &conf_password(1, "pw", free_udp_port(), &[]),
-        0o600,
-    );
+    let (dir, path) = lone_record("cli-stale");
     let mut dhid = Dhid::start(&std::fs::read_to_string(&path).unwrap(), &[]);
     assert!(dhid.wait_line("daemon started", SHORT).is_some());
     let pidfile = dhid.pidfile();
