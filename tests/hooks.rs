@@ -49,7 +49,8 @@ fn hooks_get_argv_environment_and_dev_null() {
     let signals = dir.join("signals.txt");
     let script = format!(
         "#!/bin/sh\nfds=$(for fd in 0 1 2; do echo \"fd$fd=$(readlink /proc/$$/fd/$fd)\"; done)\n\
-         grep -E '^Sig(Blk|Ign):' /proc/$$/status >> {}\n\
+         while read -r l; do case $l in SigBlk:*|SigIgn:*) echo \"$l\";; esac; \
+         done < /proc/$$/status >> {}\n\
          {{ echo \"argc=$#\"; echo \"args=$*\"; \
          echo \"env=$DHID_EVENT $DHID_HOSTID $DHID_ADDRESS $DHID_SERVER\"; \
          echo \"$fds\"; }} >> {}\n",
@@ -103,7 +104,9 @@ fn hooks_get_argv_environment_and_dev_null() {
     );
 
     // dhid ignores SIGPIPE and blocks nothing, but a hook starts as any
-    // program expects: SIGPIPE kills it, no signal is blocked.
+    // program expects: SIGPIPE kills it, no signal is blocked. Read with
+    // shell builtins only: dash blocks every signal while it forks a
+    // command (grep would see the shell's mask of that moment).
     let signals = std::fs::read_to_string(&signals).unwrap();
     let masks: Vec<(&str, u64)> = signals
         .lines()

@@ -159,8 +159,9 @@ fn mul<const N: usize>(m: &[u64; N], m_inv: u64, a: &[u64; N], b: &[u64; N]) -> 
         d[j] = x;
         borrow = u64::from(b1 | b2);
     }
-    // All ones when t (with its top bit) is below m.
-    let keep = ((top ^ 1) & borrow).wrapping_neg();
+    // All ones when t (with its top bit) is below m. Hidden from the
+    // optimiser, which otherwise turns the mask back into a branch on it.
+    let keep = std::hint::black_box(((top ^ 1) & borrow).wrapping_neg());
     for j in 0..N {
         d[j] = (t[j] & keep) | (d[j] & !keep);
     }
