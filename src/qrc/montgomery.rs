@@ -48,7 +48,7 @@ impl Modulus {
         if !m.bit(0) || m.bits() < 2 {
             return None;
         }
-        let limbs = m.to_u64_digits();
+        let mut limbs = m.to_u64_digits();
         let Some(size) = padded_len(limbs.len()) else {
             return Some(Modulus {
                 big: m.clone(),
@@ -64,31 +64,32 @@ impl Modulus {
         for _ in 0..6 {
             inv = inv.wrapping_mul(2u64.wrapping_sub(m0.wrapping_mul(inv)));
         }
-        let r2 = (BigUint::from(1u32) << (128 * size)) % m;
+        let mut r2 = ((BigUint::from(1u32) << (128 * size)) % m).to_u64_digits();
+        limbs.resize(size, 0);
+        r2.resize(size, 0);
 
         Some(Modulus {
             big: m.clone(),
-            m: padded(&limbs, size),
+            m: limbs,
             m_inv: inv.wrapping_neg(),
-            r2: padded(&r2.to_u64_digits(), size),
+            r2,
         })
     }
 
     /// base^exp mod m.
     pub fn pow(&self, base: &BigUint, exp: &BigUint) -> BigUint {
         let base = base % &self.big;
-        let limbs = match self.m.len() {
-            2 => self.pow_n::<2>(&base, exp).to_vec(),
-            4 => self.pow_n::<4>(&base, exp).to_vec(),
-            6 => self.pow_n::<6>(&base, exp).to_vec(),
-            8 => self.pow_n::<8>(&base, exp).to_vec(),
-            MAX_LIMBS => self.pow_n::<MAX_LIMBS>(&base, exp).to_vec(),
-            _ => return base.modpow(exp, &self.big),
-        };
-        BigUint::from_slice(&to_u32(&limbs))
+        match self.m.len() {
+            2 => self.pow_n::<2>(&base, exp),
+            4 => self.pow_n::<4>(&base, exp),
+            6 => self.pow_n::<6>(&base, exp),
+            8 => self.pow_n::<8>(&base, exp),
+            MAX_LIMBS => self.pow_n::<MAX_LIMBS>(&base, exp),
+            _ => base.modpow(exp, &self.big),
+        }
     }
 
-    fn pow_n<const N: usize>(&self, base: &BigUint, exp: &BigUint) -> [u64; N] {
+    fn pow_n<const N: usize>(&self, base: &BigUint, exp: &BigUint) -> BigUint {
         let m: &[u64; N] = self.m[..].try_into().expect("m padded to N limbs");
         let r2: &[u64; N] = self.r2[..].try_into().expect("r2 padded to N limbs");
         let mul = |a: &[u64; N], b: &[u64; N]| mul(m, self.m_inv, a, b);
@@ -118,7 +119,7 @@ impl Modulus {
         }
 
         // Out of Montgomery form: multiply by 1.
-        mul(&acc, &one)
+        BigUint::from_slice(&to_u32(&mul(&acc, &one)))
     }
 }
 
@@ -173,12 +174,6 @@ fn mul<const N: usize>(m: &[u64; N], m_inv: u64, a: &[u64; N], b: &[u64; N]) -> 
 fn window(exp: &[u64], at: u64) -> usize {
     let limb = exp[(at / 64) as usize];
     ((limb >> (at % 64)) & ((1 << WINDOW) - 1)) as usize
-}
-
-fn padded(limbs: &[u64], n: usize) -> Vec<u64> {
-    let mut limbs = limbs.to_vec();
-    limbs.resize(n, 0);
-    limbs
 }
 
 fn to_u32(limbs: &[u64]) -> Vec<u32> {
